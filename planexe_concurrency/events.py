@@ -1,0 +1,190 @@
+"""Item state changes as structured events, and the listeners that make them visible.
+
+Every item of a fan-out moves ``pending -> running -> completed | failed`` (or
+``cancelled``); each change is one :class:`ItemEvent`. Listeners are plain callables,
+so a caller can add its own. The defaults write one JSON line per event (readable by
+another process: under ``luigi --workers N`` each task runs in a forked child, so
+in-memory state never reaches the parent), log one line naming the task and the item,
+and draw a progress bar when stderr is a terminal.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+logger = logging.getLogger("planexe_concurrency")
+
+
+class ItemState(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ItemEvent:
+    """One state change of one item. ``attempt`` counts tries across retries and fallback models."""
+
+    task: str
+    item: int
+    total: int
+    state: ItemState
+    attempt: int = 0
+    duration: float = 0.0
+    time: float = 0.0
+    pid: int = 0
+    label: str = ""
+    cached: bool = False
+    error: str = ""
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["state"] = self.state.value
+        return json.dumps(data, sort_keys=True)
+
+
+class Listener(Protocol):
+    def __call__(self, event: ItemEvent) -> None: ...
+
+
+def make_event(task: str, item: int, total: int, state: ItemState, **kwargs: Any) -> ItemEvent:
+    return ItemEvent(task=task, item=item, total=total, state=state, time=time.time(), pid=os.getpid(), **kwargs)
+
+
+class EventBus:
+    """Hands each event to every listener; a failing listener is logged, never fatal to the run."""
+
+    __slots__ = ("_listeners", "_lock")
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._listeners: list[Listener] = list(listeners)
+        self._lock = threading.Lock()
+
+    def add(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def emit(self, event: ItemEvent) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a broken progress bar must not fail an LLM run
+                logger.exception("event listener %r failed on %s", listener, event)
+
+
+class JsonlEventLog:
+    """Appends one JSON line per event to ``path``.
+
+    Each line is written with a single ``os.write`` on an ``O_APPEND`` descriptor, so
+    lines from several forked workers never interleave mid-line on a local file system.
+    """
+
+    __slots__ = ("path", "_lock")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ItemEvent) -> None:
+        line = (event.to_json() + "\n").encode("utf-8")
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+
+def read_events(path: str | os.PathLike[str]) -> list[ItemEvent]:
+    """Parse a file written by :class:`JsonlEventLog` (benchmarks, tests, timelines)."""
+    events = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            data = json.loads(line)
+            data["state"] = ItemState(data["state"])
+            events.append(ItemEvent(**data))
+    return events
+
+
+class LoggingListener:
+    """One log line per transition, naming the task and the item (``task=X item=3/8``)."""
+
+    __slots__ = ("log",)
+
+    def __init__(self, log: logging.Logger | None = None) -> None:
+        self.log = log or logger
+
+    def __call__(self, event: ItemEvent) -> None:
+        level = logging.WARNING if event.state is ItemState.FAILED else logging.INFO
+        if event.state is ItemState.PENDING:
+            level = logging.DEBUG
+        extra = []
+        if event.label:
+            extra.append(f"label={event.label!r}")
+        if event.attempt:
+            extra.append(f"attempt={event.attempt}")
+        if event.state in (ItemState.COMPLETED, ItemState.FAILED):
+            extra.append(f"duration={event.duration:.2f}s")
+        if event.cached:
+            extra.append("cached=true")
+        if event.error:
+            extra.append(f"error={event.error}")
+        self.log.log(
+            level,
+            "task=%s item=%d/%d state=%s %s",
+            event.task,
+            event.item + 1,
+            event.total,
+            event.state.value,
+            " ".join(extra),
+        )
+
+
+class ProgressBar:
+    """A tqdm bar per fan-out, shown only when stderr is a terminal (never in CI logs)."""
+
+    __slots__ = ("_bars", "_lock", "_enabled")
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self._enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._bars: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ItemEvent) -> None:
+        if not self._enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm is an optional extra
+            self._enabled = False
+            return
+        with self._lock:
+            bar = self._bars.get(event.task)
+            if bar is None:
+                bar = self._bars[event.task] = tqdm(total=event.total, desc=event.task, unit="call", leave=False)
+            if event.state in (ItemState.COMPLETED, ItemState.FAILED, ItemState.CANCELLED):
+                bar.update(1)
+                if bar.n >= bar.total:
+                    bar.close()
+                    del self._bars[event.task]
+
+
+def default_listeners(events_file: str | os.PathLike[str] | None = None) -> list[Callable[[ItemEvent], None]]:
+    """Logging plus a progress bar, plus a JSON-lines file when one is named."""
+    listeners: list[Callable[[ItemEvent], None]] = [LoggingListener(), ProgressBar()]
+    if events_file:
+        listeners.append(JsonlEventLog(events_file))
+    return listeners

@@ -1,0 +1,82 @@
+"""Atomic writes and item-level resume.
+
+A crash (or ``kill -9``) in the middle of a plain ``open(path, "w")`` leaves a truncated
+file that a resumed run would trust. Everything we write goes to a temporary file in the
+same directory and is renamed into place, so a reader sees the old file or the whole new
+one, never half of it. An item whose result file exists *and parses* is not asked again;
+one that does not parse is redone, with a warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, TypeVar
+
+logger = logging.getLogger("planexe_concurrency")
+
+R = TypeVar("R")
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` so that no reader ever sees a partial file."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def json_text(value: Any) -> str:
+    """The text PlanExe writes with ``json.dump(value, f, indent=2)``."""
+    return json.dumps(value, indent=2)
+
+
+@dataclass(frozen=True)
+class ItemCache(Generic[R]):
+    """Where one item's result lives on disk, and how to read and write it.
+
+    ``load`` must raise on a file it cannot trust (truncated JSON, wrong shape); the item is
+    then run again and the file rewritten.
+    """
+
+    path: Path
+    load: Callable[[Path], R]
+    dump: Callable[[R], str]
+
+    def get(self) -> tuple[bool, R | None]:
+        if not self.path.exists():
+            return False, None
+        try:
+            return True, self.load(self.path)
+        except Exception as exc:
+            logger.warning("resume: %s exists but cannot be used (%s); the item will be run again", self.path, exc)
+            return False, None
+
+    def put(self, value: R) -> None:
+        atomic_write_text(self.path, self.dump(value))
+
+
+def json_item_cache(path: str | os.PathLike[str]) -> ItemCache[Any]:
+    """An :class:`ItemCache` for a JSON file written with ``indent=2`` (PlanExe's raw per-item files)."""
+
+    def load(p: Path) -> Any:
+        return json.loads(p.read_text(encoding="utf-8"))
+
+    return ItemCache(path=Path(path), load=load, dump=json_text)

@@ -1,0 +1,78 @@
+"""Listeners: JSON lines, log lines, progress bar."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from planexe_concurrency.events import (
+    EventBus,
+    ItemState,
+    JsonlEventLog,
+    LoggingListener,
+    ProgressBar,
+    default_listeners,
+    make_event,
+    read_events,
+)
+
+
+def test_jsonl_round_trip_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "events.jsonl"
+    log = JsonlEventLog(path)
+    log(make_event("T", 0, 2, ItemState.FAILED, attempt=3, error="boom", label="x"))
+    with path.open("a") as f:
+        f.write("\n")
+    (event,) = read_events(path)
+    assert (event.task, event.item, event.state, event.attempt, event.error, event.label) == ("T", 0, ItemState.FAILED, 3, "boom", "x")
+
+
+def test_logging_listener_levels_and_fields(caplog: pytest.LogCaptureFixture) -> None:
+    listener = LoggingListener()
+    with caplog.at_level(logging.DEBUG, logger="planexe_concurrency"):
+        listener(make_event("Wbs3", 1, 5, ItemState.PENDING))
+        listener(make_event("Wbs3", 1, 5, ItemState.FAILED, attempt=2, duration=1.5, error="ValueError: x"))
+        listener(make_event("Wbs3", 2, 5, ItemState.COMPLETED, cached=True))
+    levels = [r.levelno for r in caplog.records]
+    text = [r.getMessage() for r in caplog.records]
+    assert levels == [logging.DEBUG, logging.WARNING, logging.INFO]
+    assert "task=Wbs3 item=2/5 state=failed attempt=2 duration=1.50s error=ValueError: x" in text[1]
+    assert "cached=true" in text[2]
+
+
+def test_progress_bar_counts_finished_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm
+
+    made = []
+
+    class FakeBar:
+        def __init__(self, total: int, desc: str, **kw: object) -> None:
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            made.append(self)
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(tqdm, "tqdm", FakeBar)
+    bar = ProgressBar(enabled=True)
+    for i in range(3):
+        bar(make_event("T", i, 3, ItemState.RUNNING))
+        bar(make_event("T", i, 3, ItemState.COMPLETED))
+    assert [(b.desc, b.total, b.n, b.closed) for b in made] == [("T", 3, 3, True)]
+    ProgressBar(enabled=False)(make_event("T", 0, 1, ItemState.COMPLETED))
+    assert len(made) == 1
+
+
+def test_default_listeners_and_bus_add(tmp_path: Path) -> None:
+    assert len(default_listeners()) == 2
+    listeners = default_listeners(tmp_path / "e.jsonl")
+    assert isinstance(listeners[-1], JsonlEventLog)
+    seen = []
+    bus = EventBus()
+    bus.add(seen.append)
+    bus.emit(make_event("T", 0, 1, ItemState.PENDING))
+    assert len(seen) == 1
