@@ -53,12 +53,14 @@ class ItemCache(Generic[R]):
     """Where one item's result lives on disk, and how to read and write it.
 
     ``load`` must raise on a file it cannot trust (truncated JSON, wrong shape); the item is
-    then run again and the file rewritten.
+    then run again and the file rewritten. ``after_put`` runs once the file is safely on
+    disk (e.g. to write a derived file that must never exist without it).
     """
 
     path: Path
     load: Callable[[Path], R]
     dump: Callable[[R], str]
+    after_put: Callable[[R], None] | None = None
 
     def get(self) -> tuple[bool, R | None]:
         if not self.path.exists():
@@ -71,6 +73,8 @@ class ItemCache(Generic[R]):
 
     def put(self, value: R) -> None:
         atomic_write_text(self.path, self.dump(value))
+        if self.after_put is not None:
+            self.after_put(value)
 
 
 def json_item_cache(path: str | os.PathLike[str]) -> ItemCache[Any]:

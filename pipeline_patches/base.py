@@ -1,0 +1,196 @@
+"""What every concurrent PlanExe task shares: settings, the engine, resume records, stop handling.
+
+A concurrent task is PlanExe's own task class with :class:`ConcurrentTask` mixed in front
+of it. Its ``run_inner`` reads the same inputs, builds the same queries and writes the
+same files as PlanExe's, but hands the loop's calls to :meth:`ConcurrentTask.run_items`.
+
+Resume: each finished item leaves a record in ``<run_id_dir>/.planexe_concurrency/items/``
+(written atomically, before PlanExe's raw per-item file), holding what the merge step needs
+that PlanExe's raw file does not keep (e.g. the WBS ids PlanExe draws after the call). A
+rerun loads the record instead of calling the LLM, if the record's query fingerprint still
+matches, and rewrites the raw file if it is missing or differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import luigi
+
+from planexe_concurrency.config import FanOutSettings, read_config, settings_from_config, task_value, validate
+from planexe_concurrency.events import default_listeners
+from planexe_concurrency.fanout import FanOut, FanOutError, ItemFailedError
+from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
+from planexe_concurrency.ratelimit import SharedSlotFile
+from planexe_concurrency.resume import ItemCache, atomic_write_text, json_text
+
+from .planexe import load_planexe
+
+logger = logging.getLogger("planexe_concurrency")
+
+STATE_DIR_NAME = ".planexe_concurrency"
+
+# Taken when this module is first imported: in the Luigi parent, before it forks workers.
+# A stop flag older than this belongs to an earlier run and is ignored.
+PROCESS_STARTED = time.time()
+
+# PlanExe calls its progress/stop callback from one thread at a time; so do we.
+_callback_lock = threading.Lock()
+
+Record = dict[str, Any]
+
+
+@dataclass
+class Item:
+    """One independent LLM call of a PlanExe loop.
+
+    ``call(llm)`` returns a JSON-serialisable record. ``raw_file`` (a file name in run_id_dir)
+    is PlanExe's per-item file, rendered from the record by ``raw_text``.
+    ``fingerprint`` is the query: a saved record is reused only for the same query.
+    """
+
+    label: str
+    call: Callable[[Any], Record]
+    fingerprint: str
+    raw_file: str | None = None
+    raw_text: Callable[[Record], str] = field(default=lambda record: json_text(record["raw"]))
+
+
+def known_task_names() -> set[str]:
+    pipeline = load_planexe().pipeline
+    return {
+        name
+        for name, obj in vars(pipeline).items()
+        if isinstance(obj, type) and issubclass(obj, luigi.Task) and obj.__module__ == pipeline.__name__
+    }
+
+
+def check_settings() -> None:
+    """Validate ``[planexe_concurrency]`` (unknown task names included); raises ConfigError before any run."""
+    validate(read_config(), known_task_names())
+
+
+class ConcurrentTask:
+    """Mixin for PlanExe task classes; put it first in the bases."""
+
+    # -- settings ----------------------------------------------------------------------
+    def concurrency_settings(self) -> FanOutSettings:
+        cfg = read_config()
+        validate(cfg, known_task_names())
+        return settings_from_config(cfg, self.task_family)  # type: ignore[attr-defined]
+
+    def concurrency_value(self, name: str) -> Any:
+        return task_value(read_config(), name, self.task_family)  # type: ignore[attr-defined]
+
+    # -- paths ------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run_id_dir)  # type: ignore[attr-defined]
+
+    def state_dir(self) -> Path:
+        path = self.run_dir / STATE_DIR_NAME
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- the engine ---------------------------------------------------------------------
+    def make_fanout(self) -> FanOut:
+        planexe = load_planexe()
+        cfg = read_config()
+        settings = self.concurrency_settings()
+        shared = None
+        if cfg.rate_limit_file and settings.requests_per_minute > 0:
+            shared = SharedSlotFile(cfg.rate_limit_file, settings.requests_per_minute)
+        return FanOut(
+            settings,
+            task=self.task_family,  # type: ignore[attr-defined]
+            listeners=default_listeners(cfg.events_file or None),
+            stop_exceptions=(planexe.PipelineStopRequested,),
+            shared_slots=shared,
+        )
+
+    def make_executor(self) -> ConcurrentLLMExecutor:
+        planexe = load_planexe()
+        models = planexe.LLMModelFromName.from_names(list(self.llm_models))  # type: ignore[attr-defined]
+        return ConcurrentLLMExecutor(models, fanout=self.make_fanout(), should_stop_callback=self._stop_check)
+
+    def _stop_check(self, check: StopCheck) -> None:
+        """After each attempt: honour a stop another process asked for, then PlanExe's callback."""
+        planexe = load_planexe()
+        flag = self.run_dir / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
+        try:
+            if flag.stat().st_mtime >= PROCESS_STARTED:
+                raise planexe.PipelineStopRequested(f"{self.task_family}: stop flag {flag.name} found")  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            pass
+        callback = getattr(self, "_pipeline_executor_callback", None)
+        if callback is not None:
+            with _callback_lock:
+                callback(self, check.total_duration)
+
+    # -- running a loop -----------------------------------------------------------------
+    def _record_cache(self, index: int, item: Item) -> ItemCache[Record]:
+        name = item.raw_file or f"{self.task_family}-{index + 1}.json"  # type: ignore[attr-defined]
+        fingerprint = hashlib.sha256(item.fingerprint.encode("utf-8")).hexdigest()
+        raw_path = self.run_dir / item.raw_file if item.raw_file else None
+
+        def write_raw(record: Record) -> None:
+            if raw_path is None:
+                return
+            text = item.raw_text(record)
+            if not raw_path.exists() or raw_path.read_text(encoding="utf-8") != text:
+                atomic_write_text(raw_path, text)
+
+        def load(path: Path) -> Record:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("fingerprint") != fingerprint:
+                raise ValueError("the query changed since this record was saved")
+            write_raw(saved["record"])
+            return saved["record"]
+
+        def dump(record: Record) -> str:
+            return json.dumps({"fingerprint": fingerprint, "record": record}, indent=1)
+
+        return ItemCache(path=self.state_dir() / "items" / f"{name}.record", load=load, dump=dump, after_put=write_raw)
+
+    def run_items(
+        self,
+        items: Sequence[Item],
+        failure_message: Callable[[int], str],
+        *,
+        tolerate_failures: bool = False,
+    ) -> list[Record | None]:
+        """Run the items concurrently; records come back in item order.
+
+        Each item's record, then PlanExe's raw file, is written as soon as the item finishes.
+        A failure is raised as PlanExe's own ``ValueError(failure_message(index))``, unless
+        ``tolerate_failures`` (loops where PlanExe carries on past a failed item): then every
+        item runs and a failed one comes back as None. ``PipelineStopRequested`` always
+        passes through unwrapped.
+        """
+        (self.state_dir() / "items").mkdir(exist_ok=True)
+        caches = [self._record_cache(i, item) for i, item in enumerate(items)]
+        executor = self.make_executor()
+        if tolerate_failures:
+            executor.fanout.settings = replace(executor.fanout.settings, failure_mode="continue_on_error")
+        try:
+            return executor.run_batch(
+                [item.call for item in items], caches=caches, labels=[item.label for item in items]
+            )
+        except ItemFailedError as exc:
+            logger.error("task=%s item=%d failed: %s", self.task_family, exc.index + 1, exc)  # type: ignore[attr-defined]
+            raise ValueError(failure_message(exc.index)) from exc.__cause__
+        except FanOutError as exc:
+            logger.error("%s", exc)
+            if tolerate_failures:
+                return exc.results
+            raise ValueError(failure_message(exc.failures[0].index)) from exc
+
+    def write_output(self, path: str | Path, text: str) -> None:
+        """PlanExe's final files, written atomically so a crash never leaves half a file that Luigi trusts."""
+        atomic_write_text(path, text)

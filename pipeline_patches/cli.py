@@ -1,0 +1,235 @@
+"""The ``planexe-concurrency`` command.
+
+    planexe-concurrency run                      # the whole plan, concurrently (built-in defaults)
+    planexe-concurrency run --sequential         # PlanExe's way, for comparison
+    planexe-concurrency check-config             # validate [planexe_concurrency] and show what each task gets
+    planexe-concurrency patch PATH [--revert]    # add/remove the PLANEXE_CONCURRENCY hook in a checkout
+    planexe-concurrency simllm serve [...]       # the simulated OpenAI-compatible provider
+
+Every input is checked before anything runs; a bad one ends the command with one line
+on stderr and exit status 2, and nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(Exception):
+    """A bad argument or setting; reported as one line, exit status 2."""
+
+
+def _set_config(values: dict[str, Any]) -> None:
+    import luigi.configuration
+
+    cfg = luigi.configuration.get_config()
+    if not cfg.has_section("planexe_concurrency"):
+        cfg.add_section("planexe_concurrency")
+    for key, value in values.items():
+        if value is not None:
+            cfg.set("planexe_concurrency", key, str(value).lower() if isinstance(value, bool) else str(value))
+
+
+def _positive(kind: str, lo: int, hi: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{kind} must be an integer in {lo}..{hi}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="planexe-concurrency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default=os.environ.get("PLANEXE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate a plan with PlanExe's pipeline, concurrently")
+    run.add_argument("--run-dir", type=Path, help="run directory (new, or an existing one to resume); default runs/<timestamp>")
+    run.add_argument("--prompt", help="the plan idea (one paragraph); default: a built-in example")
+    run.add_argument("--prompt-file", type=Path, help="read the plan idea from this file")
+    run.add_argument("--speed", choices=("all_details", "fast"), default="all_details", help="PlanExe's SpeedVsDetail")
+    run.add_argument("--workers", type=_positive("--workers", 1, 64), default=4, help="Luigi workers (processes)")
+    run.add_argument("--max-parallel", type=_positive("--max-parallel", 1, 32), help="LLM calls in flight per task")
+    run.add_argument("--failure-mode", choices=("fail_fast", "continue_on_error"))
+    run.add_argument("--requests-per-minute", type=_nonnegative_float, help="request budget (0 = none)")
+    run.add_argument("--governance-parallel", action="store_true", help="governance phases 4-6 side by side (changes their prompts)")
+    run.add_argument("--llm", action="append", help="LLM name from PlanExe's llm_config (repeat for fallback order)")
+    run.add_argument("--latency", type=_nonnegative_float, default=0.05, help="seconds per call of the built-in simulated LLM")
+    run.add_argument("--sequential", action="store_true", help="PlanExe's own tasks and one worker (the 'before')")
+    run.add_argument("--target", choices=("auto", "planexe", "double"), help="which PlanExe to use (default: auto)")
+    run.add_argument("--scheduler-host", help="use a luigid central scheduler on this host instead of the local one")
+    run.add_argument("--scheduler-port", type=int, default=8082)
+
+    sub.add_parser("check-config", help="validate [planexe_concurrency] and show each task's settings")
+
+    patch = sub.add_parser("patch", help="add the PLANEXE_CONCURRENCY hook to a PlanExe checkout")
+    patch.add_argument("path", type=Path, help="the PlanExe checkout (or its run_plan_pipeline.py)")
+    patch.add_argument("--revert", action="store_true", help="remove the hook again")
+
+    simllm = sub.add_parser("simllm", help="the simulated LLM provider")
+    simllm.add_argument("action", choices=("serve",))
+    simllm.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _prompt(args: argparse.Namespace) -> str | None:
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UsageError("give --prompt or --prompt-file, not both")
+    if args.prompt_file is not None:
+        try:
+            return args.prompt_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"--prompt-file {args.prompt_file}: {exc.strerror or exc}") from exc
+    return args.prompt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import luigi
+
+    from planexe_concurrency.config import ConfigError
+
+    if args.target:
+        os.environ["PLANEXE_CONCURRENCY_TARGET"] = args.target
+    prompt = _prompt(args)
+    run_dir = args.run_dir or Path("runs") / time.strftime("PlanExe_%Y%m%d_%H%M%S")
+    _set_config(
+        {
+            "max_parallel": args.max_parallel,
+            "failure_mode": args.failure_mode,
+            "requests_per_minute": args.requests_per_minute,
+            "governance_parallel": True if args.governance_parallel else None,
+            "events_file": str(run_dir / ".planexe_concurrency" / "events.jsonl"),
+        }
+    )
+    from . import pipeline as patches
+    from .base import check_settings
+    from .flag_toggle import prefer_fork, warm_up
+    from .planexe import load_planexe
+    from .rundir import RunDirError, prepare_run_dir
+
+    planexe = load_planexe()
+    try:
+        check_settings()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    if planexe.layout == "double":
+        os.environ["PLANEXE_SIMLLM_LATENCY"] = str(args.latency)
+    llm_models = args.llm or planexe.pipeline.get_llm_names_by_priority() or ["simulated"]
+    speed = {"all_details": "ALL_DETAILS_BUT_SLOW", "fast": "FAST_BUT_SKIP_DETAILS"}[args.speed]
+    try:
+        prepare_run_dir(run_dir, prompt)
+    except RunDirError as exc:
+        raise UsageError(str(exc)) from exc
+    stop_flag = run_dir / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
+    stop_flag.unlink(missing_ok=True)
+
+    workers = 1 if args.sequential else args.workers
+    if args.sequential:
+        patches.disable()
+        root_class = planexe.pipeline.FullPlanPipeline
+    else:
+        root_class = patches.ConcurrentFullPlanPipeline
+    root = root_class(
+        run_id_dir=run_dir.resolve(),
+        speedvsdetail=getattr(planexe.SpeedVsDetailEnum, speed),
+        llm_models=llm_models,
+    )
+    if workers > 1:
+        prefer_fork()
+        warm_up(llm_models)
+    print(
+        f"planexe-concurrency: {'sequential' if args.sequential else 'concurrent'} run of {planexe.layout!r} PlanExe, "
+        f"{workers} worker(s), models {llm_models}, run dir {run_dir}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    build_kwargs: dict[str, Any] = {"workers": workers, "detailed_summary": True}
+    if args.scheduler_host:
+        build_kwargs.update(scheduler_host=args.scheduler_host, scheduler_port=args.scheduler_port)
+    else:
+        build_kwargs["local_scheduler"] = True
+    result = luigi.build([root], **build_kwargs)
+    elapsed = time.perf_counter() - started
+    ok = bool(getattr(result, "scheduling_succeeded", result)) and root.complete()
+    print(f"planexe-concurrency: {'done' if ok else 'FAILED'} in {elapsed:.1f}s; outputs in {run_dir}", flush=True)
+    if stop_flag.exists():
+        print("planexe-concurrency: the pipeline was stopped on request; run the same command again to resume", flush=True)
+    return 0 if ok else 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from planexe_concurrency.config import ConfigError, read_config, settings_from_config
+
+    from .base import check_settings
+    from .pipeline import CONCURRENT_TASKS
+
+    try:
+        check_settings()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    cfg = read_config()
+    print(f"[planexe_concurrency] fidelity={cfg.fidelity} governance_parallel={cfg.governance_parallel}")
+    for name in sorted(CONCURRENT_TASKS):
+        s = settings_from_config(cfg, name)
+        print(
+            f"{name}: max_parallel={s.max_parallel} failure_mode={s.failure_mode} "
+            f"requests_per_minute={s.requests_per_minute:g} retry_attempts={s.retry.attempts}"
+        )
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from .patch_planexe import PatchError, apply, revert
+
+    try:
+        target, changed = (revert if args.revert else apply)(args.path)
+    except PatchError as exc:
+        raise UsageError(str(exc)) from exc
+    verb = "reverted" if args.revert else "patched"
+    print(f"{target}: {verb}" if changed else f"{target}: already {verb}, nothing to do")
+    return 0
+
+
+def cmd_simllm(args: argparse.Namespace) -> int:
+    from planexe_concurrency.simllm.cli import serve_main
+
+    return serve_main(list(args.rest))
+
+
+COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "patch": cmd_patch, "simllm": cmd_simllm}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"planexe-concurrency: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

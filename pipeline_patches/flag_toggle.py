@@ -1,0 +1,127 @@
+"""``PLANEXE_CONCURRENCY=1`` for PlanExe's own entry point, patched or not.
+
+PlanExe's ``python -m worker_plan_internal.plan.run_plan_pipeline`` ends in
+``ExecutePipeline.run()``, which calls ``luigi.build([...], local_scheduler=True,
+workers=1)``. Both ways in replace that one call with :func:`concurrent_build`:
+
+* the patch (``planexe-concurrency patch PATH``) adds a few lines just before the module's
+  ``if __name__ == '__main__':`` that, when the flag is on, give the module a ``luigi``
+  whose ``build`` is :func:`concurrent_build`;
+* the drop-in entry point (``python -m pipeline_patches.run_plan_pipeline``) does the same
+  to ``luigi.build`` and then runs PlanExe's module as ``__main__``.
+
+:func:`concurrent_build` binds the concurrent task classes into the module the tasks come
+from (even when it runs as ``__main__``), checks the settings, warms the parent process up
+so that forked workers do not each pay for lazy imports and client set-up, and calls Luigi
+with ``PLANEXE_WORKERS`` workers. With the flag off, nothing of this package is imported.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import luigi
+
+logger = logging.getLogger("planexe_concurrency")
+
+FLAG_ENV = "PLANEXE_CONCURRENCY"
+WORKERS_ENV = "PLANEXE_WORKERS"
+DEFAULT_WORKERS = 4
+MAX_WORKERS = 64
+
+_real_build: Callable[..., Any] = luigi.build
+
+
+def flag_on(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    return environ.get(FLAG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def workers_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
+    raw = environ.get(WORKERS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WORKERS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"{WORKERS_ENV}={raw!r} is not allowed: expected an integer in 1..{MAX_WORKERS}")
+    return value
+
+
+def _pipeline_module_of(tasks: Sequence[luigi.Task]) -> ModuleType:
+    """The module the root task's class lives in, registered under its import name.
+
+    Run with ``python -m``, PlanExe's pipeline is ``__main__``; our patches import it by
+    name, which would load a second copy with a second set of task classes. Registering
+    ``__main__`` under its real name first makes both the same module.
+    """
+    module = sys.modules[type(tasks[0]).__module__]
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.name and spec.name != module.__name__:
+        sys.modules.setdefault(spec.name, module)
+    return module
+
+
+def warm_up(llm_models: Sequence[str]) -> float:
+    """Pay lazy imports and client set-up once in the parent, before Luigi forks its workers."""
+    started = time.perf_counter()
+    from .planexe import load_planexe
+
+    planexe = load_planexe()
+    for model in planexe.LLMModelFromName.from_names(list(llm_models)[:1]):
+        try:
+            model.create_llm()
+        except Exception as exc:  # the run itself will report a broken model properly
+            logger.warning("warm-up: could not create %r: %s", model, exc)
+    import llama_index.core.program  # noqa: F401 - structured output's lazy import path
+
+    return time.perf_counter() - started
+
+
+def prefer_fork() -> None:
+    """Luigi forks a child per task; its callable parameters survive a fork but not a pickle."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_start_method("fork", force=True)
+
+
+def concurrent_build(tasks: Sequence[luigi.Task], *args: Any, workers: int = 1, **kwargs: Any) -> Any:
+    """``luigi.build`` with the concurrent tasks bound in and ``PLANEXE_WORKERS`` workers."""
+    tasks = list(tasks)
+    n_workers = workers_from_env()
+    if tasks:
+        module = _pipeline_module_of(tasks)
+        from .base import check_settings
+        from .pipeline import enable
+
+        enable(module)
+        check_settings()
+        models = getattr(tasks[0], "llm_models", ()) or ()
+        if n_workers > 1:
+            prefer_fork()
+            seconds = warm_up(models)
+            logger.info("planexe-concurrency: warmed up the parent in %.2fs", seconds)
+    logger.info("planexe-concurrency: luigi.build with %d workers (PlanExe asked for %d)", n_workers, workers)
+    return _real_build(tasks, *args, workers=n_workers, **kwargs)
+
+
+class _LuigiWithConcurrentBuild:
+    """Stands in for the ``luigi`` module inside PlanExe's pipeline module: only ``build`` differs."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(luigi, name)
+
+    build = staticmethod(concurrent_build)
+
+
+def install(namespace: dict[str, Any]) -> None:
+    """Called by the patched PlanExe module with its ``globals()``; does nothing when the flag is off."""
+    if not flag_on():
+        return
+    workers_from_env()  # a bad PLANEXE_WORKERS fails here, before anything runs
+    namespace["luigi"] = _LuigiWithConcurrentBuild()

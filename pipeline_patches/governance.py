@@ -1,0 +1,70 @@
+"""Governance phases 4-6 side by side after phase 3 (opt-in: ``governance_parallel = true``).
+
+PlanExe chains them: phase 5 reads phase 4's JSON, phase 6 reads 4's and 5's. Run side by
+side, a phase cannot read what has not been written yet, so the dependency is dropped and
+PlanExe's own ``run_with_llm`` reads a placeholder instead (an empty JSON object ``{}``
+and an empty markdown file). That changes phase 5's and phase 6's prompts, hence their
+answers: it is off by default, and on only when the user asks for it (or for
+``fidelity = relaxed``). With the switch off these classes behave exactly like PlanExe's.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import luigi
+
+from planexe_concurrency.config import read_config
+from planexe_concurrency.resume import atomic_write_text
+
+from .base import ConcurrentTask
+from .planexe import load_planexe
+
+pe = load_planexe()
+P = pe.pipeline
+
+PHASE4 = "governance_phase4_decision_escalation_matrix"
+PHASE5 = "governance_phase5_monitoring_progress"
+PLACEHOLDER_JSON = "{}"
+
+
+def governance_parallel() -> bool:
+    cfg = read_config()
+    return bool(cfg.governance_parallel) or cfg.fidelity == "relaxed"
+
+
+class _SideBySide(ConcurrentTask):
+    """Drops the inputs named in ``dropped`` when governance_parallel is on."""
+
+    dropped: tuple[str, ...] = ()
+
+    def requires(self) -> Any:
+        deps = super().requires()  # type: ignore[misc]
+        if governance_parallel():
+            deps = {key: task for key, task in deps.items() if key not in self.dropped}
+        return deps
+
+    def input(self) -> Any:
+        inputs = super().input()  # type: ignore[misc]
+        if governance_parallel():
+            for key in self.dropped:
+                inputs[key] = self._placeholder(key)
+        return inputs
+
+    def _placeholder(self, key: str) -> dict[str, luigi.LocalTarget]:
+        folder = self.state_dir() / "placeholders"
+        folder.mkdir(exist_ok=True)
+        targets = {}
+        for kind, text in (("raw", PLACEHOLDER_JSON), ("markdown", "")):
+            path = folder / f"{key}-{kind}"
+            if not path.exists():
+                atomic_write_text(path, text)
+            targets[kind] = luigi.LocalTarget(str(path))
+        return targets
+
+
+class GovernancePhase5MonitoringProgressTask(_SideBySide, P.GovernancePhase5MonitoringProgressTask):
+    dropped = (PHASE4,)
+
+
+class GovernancePhase6ExtraTask(_SideBySide, P.GovernancePhase6ExtraTask):
+    dropped = (PHASE4, PHASE5)

@@ -1,0 +1,78 @@
+"""The Luigi module for the command line: PlanExe's pipeline with the concurrent tasks bound in.
+
+    luigi --module pipeline_patches.pipeline ConcurrentFullPlanPipeline \\
+          --run-id-dir RUN_DIR --workers 4 --local-scheduler
+
+Importing this module rebinds PlanExe's task names (see :func:`enable`), so every
+``requires()`` in PlanExe's pipeline module, including its own ``FullPlanPipeline``,
+picks the concurrent classes.
+"""
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+
+from .assumptions import ConsolidateAssumptionsMarkdownTask
+from .base import ConcurrentTask, check_settings
+from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
+from .experts import ExpertReviewTask
+from .governance import GovernancePhase5MonitoringProgressTask, GovernancePhase6ExtraTask
+from .planexe import load_planexe
+from .wbs import CreateWBSLevel3Task, EstimateTaskDurationsTask
+
+logger = logging.getLogger("planexe_concurrency")
+
+pe = load_planexe()
+P = pe.pipeline
+
+CONCURRENT_TASKS: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        ConsolidateAssumptionsMarkdownTask,
+        DraftDocumentsToFindTask,
+        DraftDocumentsToCreateTask,
+        ExpertReviewTask,
+        EstimateTaskDurationsTask,
+        CreateWBSLevel3Task,
+        GovernancePhase5MonitoringProgressTask,
+        GovernancePhase6ExtraTask,
+    )
+}
+
+_ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TASKS}
+
+
+def enable(module: ModuleType | None = None) -> None:
+    """Rebind PlanExe's task names in ``module`` (default: PlanExe's pipeline) to the concurrent classes."""
+    module = module or P
+    for name, cls in CONCURRENT_TASKS.items():
+        setattr(module, name, cls)
+
+
+def disable(module: ModuleType | None = None) -> None:
+    """Undo :func:`enable`: PlanExe's own classes again."""
+    module = module or P
+    for name, cls in _ORIGINALS.items():
+        setattr(module, name, cls)
+
+
+def is_enabled(module: ModuleType | None = None) -> bool:
+    module = module or P
+    return all(getattr(module, name) is cls for name, cls in CONCURRENT_TASKS.items())
+
+
+class ConcurrentFullPlanPipeline(P.FullPlanPipeline):
+    """PlanExe's FullPlanPipeline (same requirements, same output) under a name of its own."""
+
+
+enable()
+
+__all__ = [
+    "CONCURRENT_TASKS",
+    "ConcurrentFullPlanPipeline",
+    "ConcurrentTask",
+    "check_settings",
+    "disable",
+    "enable",
+    "is_enabled",
+]

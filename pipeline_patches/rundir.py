@@ -1,0 +1,80 @@
+"""Create and check a PlanExe run directory before anything runs.
+
+PlanExe's front ends write two files before the pipeline starts: the start time (JSON)
+and the plan prompt. The CLI does the same, with PlanExe's own classes when a real
+PlanExe is installed, and refuses a directory it cannot use with one clear line.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from planexe_concurrency.resume import atomic_write_text
+
+from .planexe import load_planexe
+
+DEFAULT_PROMPT = (
+    "Open a small neighbourhood bike repair café in a mid-sized town, run by volunteers, "
+    "financed by a municipal grant and modest fees, opening within six months."
+)
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked; nothing was written."""
+
+
+def _start_time_json(start: datetime) -> str:
+    try:
+        from worker_plan_api.start_time import StartTime  # a real PlanExe's own format
+
+        return json.dumps(asdict(StartTime.create(start)), indent=2)
+    except ImportError:
+        local = start.astimezone().replace(microsecond=0)
+        return json.dumps(
+            {
+                "server_iso_utc": local.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "server_iso_local": local.isoformat(),
+                "server_timezone_name": local.tzname() or "unknown",
+            },
+            indent=2,
+        )
+
+
+def _plan_text(prompt: str, start: datetime) -> str:
+    try:
+        from worker_plan_api.plan_file import PlanFile  # a real PlanExe's own format
+
+        return PlanFile.create(prompt, start).content
+    except ImportError:
+        return prompt
+
+
+def prepare_run_dir(run_dir: Path, prompt: str | None, start: datetime | None = None) -> Path:
+    """Make ``run_dir`` ready: new (with a prompt) or existing with both start files (resume)."""
+    planexe = load_planexe()
+    start_name = planexe.FilenameEnum.START_TIME.value
+    plan_name = planexe.FilenameEnum.INITIAL_PLAN.value
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} exists and is not a directory")
+    has_start = (run_dir / start_name).is_file()
+    has_plan = (run_dir / plan_name).is_file()
+    if run_dir.exists() and (has_start or has_plan):
+        if not (has_start and has_plan):
+            missing = plan_name if has_start else start_name
+            raise RunDirError(f"run directory {run_dir} is malformed: {missing} is missing")
+        try:
+            json.loads((run_dir / start_name).read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise RunDirError(f"run directory {run_dir} is malformed: {start_name} is not JSON ({exc})") from exc
+        if prompt is not None:
+            raise RunDirError(f"run directory {run_dir} already holds a plan; leave out the prompt to resume it")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"run directory {run_dir} is not empty and has no {start_name}: not a PlanExe run")
+    start = start or datetime.now().astimezone()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / start_name, _start_time_json(start))
+    atomic_write_text(run_dir / plan_name, _plan_text(prompt or DEFAULT_PROMPT, start))
+    return run_dir
