@@ -1,0 +1,195 @@
+"""Task timelines from Luigi's events, and the critical-path bounds a speed-up is measured against.
+
+Recording: :func:`record_task_events` registers Luigi event handlers that append one JSON
+line per task start/finish to a file. Under ``--workers N`` the handlers run in the forked
+child that runs the task, so only the file system carries them back; each line is one
+``O_APPEND`` write, so lines from several children never interleave.
+
+Bounds: given each task's duration, the time of each of its calls that could run in
+parallel, and the graph, :func:`critical_path` finds the longest chain. Two bounds matter:
+
+* **graph bound**: every task as long as it took, tasks as parallel as the graph allows
+  (what unlimited Luigi workers alone could reach);
+* **full bound**: the same, but each fan-out task's parallel calls overlapped completely
+  (its duration minus the sum of those calls plus the longest of them).
+
+No scheduler can beat the full bound with the same per-call latencies, so
+``wall time / full bound`` says how much is left on the table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import luigi
+
+_registered: dict[str, Callable[[], None]] = {}
+_register_lock = threading.Lock()
+
+
+def _append_line(path: Path, data: dict[str, object]) -> None:
+    line = (json.dumps(data, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def record_task_events(path: str | os.PathLike[str]) -> Callable[[], None]:
+    """Append ``{"task", "task_id", "event", "time", "pid"}`` lines for every Luigi task to ``path``.
+
+    Call it in the parent before ``luigi.build``; registering the same path twice is a no-op.
+    Returns a function that unregisters the handlers again.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    key = str(target.resolve())
+    with _register_lock:
+        if key in _registered:
+            return _registered[key]
+
+    def handler(event: str):  # type: ignore[no-untyped-def]
+        def on_event(task: luigi.Task, *args: object) -> None:
+            _append_line(
+                target,
+                {"task": task.task_family, "task_id": task.task_id, "event": event, "time": time.time(), "pid": os.getpid()},
+            )
+
+        return on_event
+
+    installed = {
+        luigi.Event.START: handler("start"),
+        luigi.Event.SUCCESS: handler("success"),
+        luigi.Event.FAILURE: handler("failure"),
+    }
+    for event, callback in installed.items():
+        luigi.Task.event_handler(event)(callback)
+
+    def stop() -> None:
+        for event, callback in installed.items():
+            luigi.Task.remove_event_handler(event, callback)
+        with _register_lock:
+            _registered.pop(key, None)
+
+    with _register_lock:
+        _registered[key] = stop
+    return stop
+
+
+@dataclass
+class TaskSpan:
+    task: str
+    start: float
+    end: float
+    pid: int
+    ok: bool
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+def read_task_spans(path: str | os.PathLike[str]) -> list[TaskSpan]:
+    """Pair start/finish lines into spans (the last start of a task wins, as on a resume)."""
+    starts: dict[str, tuple[float, int]] = {}
+    spans: list[TaskSpan] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec["event"] == "start":
+            starts[rec["task_id"]] = (rec["time"], rec["pid"])
+        elif rec["task_id"] in starts:
+            begun, pid = starts.pop(rec["task_id"])
+            spans.append(TaskSpan(rec["task"], begun, rec["time"], pid, rec["event"] == "success"))
+    return sorted(spans, key=lambda s: s.start)
+
+
+def task_graph(root: luigi.Task) -> dict[str, list[str]]:
+    """``{task family: [families it requires]}`` for the whole graph under ``root``."""
+    graph: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        task = stack.pop()
+        if task.task_id in seen:
+            continue
+        seen.add(task.task_id)
+        deps = luigi.task.flatten(task.requires())
+        graph.setdefault(task.task_family, [])
+        for dep in deps:
+            if dep.task_family not in graph[task.task_family]:
+                graph[task.task_family].append(dep.task_family)
+            stack.append(dep)
+    return graph
+
+
+def critical_path(durations: Mapping[str, float], graph: Mapping[str, Sequence[str]]) -> tuple[float, list[str]]:
+    """Length and tasks of the longest chain; a task missing from ``durations`` takes 0 s."""
+    memo: dict[str, tuple[float, list[str]]] = {}
+
+    def longest(node: str, trail: frozenset[str]) -> tuple[float, list[str]]:
+        if node in memo:
+            return memo[node]
+        if node in trail:
+            raise ValueError(f"the task graph has a cycle through {node}")
+        best: tuple[float, list[str]] = (0.0, [])
+        for dep in graph.get(node, ()):
+            candidate = longest(dep, trail | {node})
+            if candidate[0] > best[0]:
+                best = candidate
+        memo[node] = (best[0] + durations.get(node, 0.0), best[1] + [node])
+        return memo[node]
+
+    result: tuple[float, list[str]] = (0.0, [])
+    for node in graph:
+        candidate = longest(node, frozenset())
+        if candidate[0] > result[0]:
+            result = candidate
+    return result
+
+
+@dataclass
+class TaskCalls:
+    """A task's measured time and the latencies of its calls that could overlap."""
+
+    duration: float
+    parallel_calls: list[float] = field(default_factory=list)
+
+    @property
+    def fully_parallel_duration(self) -> float:
+        if not self.parallel_calls:
+            return self.duration
+        return max(0.0, self.duration - sum(self.parallel_calls) + max(self.parallel_calls))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    graph: float
+    full: float
+    graph_path: tuple[str, ...]
+    full_path: tuple[str, ...]
+
+
+def bounds(tasks: Mapping[str, TaskCalls], graph: Mapping[str, Sequence[str]]) -> Bounds:
+    graph_len, graph_path = critical_path({k: v.duration for k, v in tasks.items()}, graph)
+    full_len, full_path = critical_path({k: v.fully_parallel_duration for k, v in tasks.items()}, graph)
+    return Bounds(graph_len, full_len, tuple(graph_path), tuple(full_path))
+
+
+def calls_per_task(spans: Iterable[TaskSpan], calls: Iterable[tuple[float, float]]) -> dict[str, list[float]]:
+    """Attribute each call ``(start, end)`` to the task whose span contains it (sequential runs only)."""
+    ordered = sorted(spans, key=lambda s: s.start)
+    out: dict[str, list[float]] = {s.task: [] for s in ordered}
+    for start, end in sorted(calls):
+        for span in ordered:
+            if span.start <= start and end <= span.end:
+                out[span.task].append(end - start)
+                break
+    return out
