@@ -5,6 +5,7 @@
     planexe-concurrency check-config             # validate [planexe_concurrency] and show what each task gets
     planexe-concurrency patch PATH [--revert]    # add/remove the PLANEXE_CONCURRENCY hook in a checkout
     planexe-concurrency simllm serve [...]       # the simulated OpenAI-compatible provider
+    planexe-concurrency bench [...]              # before/after timing table (see pipeline_patches/bench.py)
 
 Every input is checked before anything runs; a bad one ends the command with one line
 on stderr and exit status 2, and nothing written.
@@ -12,6 +13,7 @@ on stderr and exit status 2, and nothing written.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -81,12 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", choices=("auto", "planexe", "double"), help="which PlanExe to use (default: auto)")
     run.add_argument("--scheduler-host", help="use a luigid central scheduler on this host instead of the local one")
     run.add_argument("--scheduler-port", type=int, default=8082)
+    run.add_argument("--summary-json", type=Path, help="write wall time, outcome and the task graph here (benchmarks)")
 
     sub.add_parser("check-config", help="validate [planexe_concurrency] and show each task's settings")
 
     patch = sub.add_parser("patch", help="add the PLANEXE_CONCURRENCY hook to a PlanExe checkout")
     patch.add_argument("path", type=Path, help="the PlanExe checkout (or its run_plan_pipeline.py)")
     patch.add_argument("--revert", action="store_true", help="remove the hook again")
+
+    bench = sub.add_parser("bench", help="before/after benchmark against the simulated provider", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
 
     simllm = sub.add_parser("simllm", help="the simulated LLM provider")
     simllm.add_argument("action", choices=("serve",))
@@ -109,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import luigi
 
     from planexe_concurrency.config import ConfigError
+    from planexe_concurrency.resume import atomic_write_text
+    from planexe_concurrency.timing import record_task_events, task_graph
 
     if args.target:
         os.environ["PLANEXE_CONCURRENCY_TARGET"] = args.target
@@ -164,15 +172,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{workers} worker(s), models {llm_models}, run dir {run_dir}",
         flush=True,
     )
+    state_dir = run_dir / ".planexe_concurrency"
+    stop_recording = record_task_events(state_dir / "tasks.jsonl")
     started = time.perf_counter()
     build_kwargs: dict[str, Any] = {"workers": workers, "detailed_summary": True}
     if args.scheduler_host:
         build_kwargs.update(scheduler_host=args.scheduler_host, scheduler_port=args.scheduler_port)
     else:
         build_kwargs["local_scheduler"] = True
-    result = luigi.build([root], **build_kwargs)
+    try:
+        result = luigi.build([root], **build_kwargs)
+    finally:
+        stop_recording()
     elapsed = time.perf_counter() - started
     ok = bool(getattr(result, "scheduling_succeeded", result)) and root.complete()
+    if args.summary_json:
+        summary = {
+            "ok": ok,
+            "wall": elapsed,
+            "workers": workers,
+            "sequential": args.sequential,
+            "layout": planexe.layout,
+            "graph": task_graph(root),
+        }
+        atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print(f"planexe-concurrency: {'done' if ok else 'FAILED'} in {elapsed:.1f}s; outputs in {run_dir}", flush=True)
     if stop_flag.exists():
         print("planexe-concurrency: the pipeline was stopped on request; run the same command again to resume", flush=True)
@@ -218,7 +241,13 @@ def cmd_simllm(args: argparse.Namespace) -> int:
     return serve_main(list(args.rest))
 
 
-COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "patch": cmd_patch, "simllm": cmd_simllm}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(list(args.rest))
+
+
+COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "patch": cmd_patch, "simllm": cmd_simllm, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,11 +1,26 @@
-"""Shared fixtures: a clean Luigi configuration per test, and the simulated provider's fixtures."""
+"""Shared fixtures: a clean Luigi configuration per test, run directories, pipeline runs on the double."""
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import luigi
 import luigi.configuration
 import pytest
+
+# The tests always run against our PlanExe double, even where a real PlanExe is importable.
+os.environ.setdefault("PLANEXE_CONCURRENCY_TARGET", "double")
+
+pytest_plugins = ["planexe_concurrency.simllm.fixtures"]
+
+FIXED_START_TIME = """{
+  "server_iso_utc": "2026-01-05T09:30:00Z",
+  "server_iso_local": "2026-01-05T10:30:00+01:00",
+  "server_timezone_name": "CET"
+}"""
+PLAN_PROMPT = "Plan:\nOpen a community tool library in a small town within six months.\n\nProject start ASAP"
 
 
 @pytest.fixture
@@ -22,3 +37,86 @@ def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
             cfg.add_section(section)
             for key, value in items.items():
                 cfg.set(section, key, value)
+
+
+def set_concurrency(cfg: luigi.configuration.LuigiConfigParser, **values: Any) -> None:
+    if not cfg.has_section("planexe_concurrency"):
+        cfg.add_section("planexe_concurrency")
+    for key, value in values.items():
+        cfg.set("planexe_concurrency", key, str(value).lower() if isinstance(value, bool) else str(value))
+
+
+@pytest.fixture
+def new_run_dir(tmp_path: Path) -> Callable[[str], Path]:
+    """A factory of run directories that all share one start time and plan (so prompts match)."""
+    from pipeline_patches.planexe import load_planexe
+
+    fe = load_planexe().FilenameEnum
+
+    def make(name: str) -> Path:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / fe.START_TIME.value).write_text(FIXED_START_TIME)
+        (run_dir / fe.INITIAL_PLAN.value).write_text(PLAN_PROMPT)
+        return run_dir
+
+    return make
+
+
+@dataclass
+class PipelineRunner:
+    """Runs the double's FullPlanPipeline sequentially (PlanExe's tasks) or with the concurrent tasks."""
+
+    cfg: luigi.configuration.LuigiConfigParser
+
+    def __call__(
+        self,
+        run_dir: Path,
+        *,
+        concurrent: bool,
+        workers: int = 1,
+        fast: bool = False,
+        llm_models: tuple[str, ...] = ("simulated",),
+        callback: Any = None,
+        **settings: Any,
+    ) -> bool:
+        from pipeline_patches import pipeline as patches
+        from pipeline_patches.planexe import load_planexe
+
+        pe = load_planexe()
+        set_concurrency(self.cfg, **settings)
+        if concurrent:
+            patches.enable()
+            root_class = patches.ConcurrentFullPlanPipeline
+        else:
+            patches.disable()
+            root_class = pe.pipeline.FullPlanPipeline
+        speed = pe.SpeedVsDetailEnum.FAST_BUT_SKIP_DETAILS if fast else pe.SpeedVsDetailEnum.ALL_DETAILS_BUT_SLOW
+        kwargs: dict[str, Any] = {}
+        if callback is not None:
+            kwargs["_pipeline_executor_callback"] = callback
+        root = root_class(run_id_dir=run_dir, speedvsdetail=speed, llm_models=list(llm_models), **kwargs)
+        try:
+            ok = luigi.build([root], local_scheduler=True, workers=workers, log_level="WARNING")
+        finally:
+            patches.enable()
+        return bool(ok) and root.complete()
+
+
+@pytest.fixture
+def run_pipeline(luigi_config: luigi.configuration.LuigiConfigParser) -> PipelineRunner:
+    return PipelineRunner(luigi_config)
+
+
+def plan_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file PlanExe wrote (our own .planexe_concurrency folder left out)."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and ".planexe_concurrency" not in p.relative_to(run_dir).parts
+    }
+
+
+def differing_files(a: Path, b: Path) -> list[str]:
+    fa, fb = plan_files(a), plan_files(b)
+    return sorted(name for name in set(fa) | set(fb) if fa.get(name) != fb.get(name))

@@ -1,0 +1,310 @@
+"""Before/after benchmark: PlanExe's way against the concurrent pipeline, in one invocation.
+
+    planexe-concurrency bench --latency 0.3 --workers 4 --max-parallel 32
+    planexe-concurrency bench --sweep-workers 1,2,4 --sweep-max-parallel 1,4,16,32
+    planexe-concurrency bench --planexe /path/to/PlanExe --python /path/to/planexe/venv/bin/python
+
+Every run talks to one simulated OpenAI-compatible server on 127.0.0.1 (its request log
+gives the call count and the peak of requests in flight, measured from the server's side),
+runs in a fresh process (``planexe-concurrency run``), and starts from the same start-time
+and plan files, so every run asks the same questions. Runs alternate (sequential,
+concurrent, concurrent, sequential, ...) so that a noisy neighbour hurts both alike.
+
+The table reports each run against the critical-path bounds computed from the first
+sequential run: the graph bound (unlimited workers, loops still sequential) and the full
+bound (unlimited workers and every fan-out loop fully overlapped). Per-task overhead is
+the mean time a task spends outside its LLM calls.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from planexe_concurrency.events import read_events
+from planexe_concurrency.plots import gantt_html, gantt_png, item_spans, sweep_png
+from planexe_concurrency.simllm import SimServer, SimServerConfig
+from planexe_concurrency.simllm.server import RequestRecord, peak_in_flight
+from planexe_concurrency.timing import TaskCalls, bounds, calls_per_task, read_task_spans
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Fan-out tasks and how many of their calls come first, in order, before the loop.
+FANOUT_SEQUENTIAL_PREFIX = {
+    "ConsolidateAssumptionsMarkdownTask": 0,
+    "DraftDocumentsToFindTask": 0,
+    "DraftDocumentsToCreateTask": 0,
+    "ExpertReviewTask": 2,
+    "EstimateTaskDurationsTask": 0,
+    "CreateWBSLevel3Task": 0,
+}
+
+START_TIME = '{\n  "server_iso_utc": "2026-01-05T09:30:00Z",\n  "server_iso_local": "2026-01-05T10:30:00+01:00",\n  "server_timezone_name": "CET"\n}'
+PLAN = (
+    "Plan:\nOpen a community tool library in a small town within six months, run by volunteers "
+    "and financed by a municipal grant.\n\nToday's date:\n2026-Jan-05\n\nProject start ASAP"
+)
+SIM_MODEL = "simulated-http"
+
+
+@dataclass
+class RunResult:
+    label: str
+    sequential: bool
+    workers: int
+    max_parallel: int
+    ok: bool
+    wall: float
+    calls: int
+    peak_in_flight: int
+    overhead_per_task: float
+    run_dir: str
+    graph: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+
+def _records_between(records: Sequence[RequestRecord], t0: float, t1: float) -> list[RequestRecord]:
+    return [r for r in records if t0 <= r.arrival <= t1 and r.status == 200]
+
+
+def _overhead_per_task(run_dir: Path, records: Sequence[RequestRecord]) -> float:
+    """Mean seconds per task outside LLM calls (the union of call intervals inside the task's span)."""
+    spans = read_task_spans(run_dir / ".planexe_concurrency" / "tasks.jsonl")
+    if not spans:
+        return 0.0
+    total = 0.0
+    for s in spans:
+        busy, cursor = 0.0, s.start
+        for r in sorted((r for r in records if s.start <= r.start and r.end <= s.end), key=lambda r: r.start):
+            lo = max(cursor, r.start)
+            if r.end > lo:
+                busy += r.end - lo
+                cursor = r.end
+        total += s.duration - busy
+    return total / len(spans)
+
+
+def run_pipeline(
+    label: str,
+    run_dir: Path,
+    *,
+    sequential: bool,
+    workers: int,
+    max_parallel: int,
+    speed: str,
+    server: SimServer,
+    python: str,
+    env: dict[str, str],
+    extra: Sequence[str] = (),
+) -> RunResult:
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "001-1-start_time.json").write_text(START_TIME, encoding="utf-8")
+    (run_dir / "001-2-plan.txt").write_text(PLAN, encoding="utf-8")
+    summary_path = run_dir.parent / f"{run_dir.name}.summary.json"
+    cmd = [
+        python, "-m", "pipeline_patches.cli", "--log-level", "WARNING", "run",
+        "--run-dir", str(run_dir), "--llm", SIM_MODEL, "--speed", speed,
+        "--workers", str(workers), "--max-parallel", str(max_parallel), "--summary-json", str(summary_path),
+        *extra,
+    ]
+    if sequential:
+        cmd.append("--sequential")
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    t1 = time.time()
+    if proc.returncode != 0 or not summary_path.exists():
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise RuntimeError(f"{label}: the run failed (exit {proc.returncode}); output above")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    records = _records_between(server.log, t0, t1)
+    return RunResult(
+        label=label,
+        sequential=sequential,
+        workers=workers,
+        max_parallel=max_parallel,
+        ok=bool(summary["ok"]),
+        wall=float(summary["wall"]),
+        calls=len(records),
+        peak_in_flight=peak_in_flight(records),
+        overhead_per_task=_overhead_per_task(run_dir, records),
+        run_dir=str(run_dir),
+        graph=summary["graph"],
+    )
+
+
+def compute_bounds(sequential: RunResult, server_log: Sequence[RequestRecord]) -> Any:
+    run_dir = Path(sequential.run_dir)
+    spans = read_task_spans(run_dir / ".planexe_concurrency" / "tasks.jsonl")
+    t0, t1 = min(s.start for s in spans), max(s.end for s in spans)
+    calls = calls_per_task(spans, [(r.start, r.end) for r in _records_between(server_log, t0 - 1, t1 + 1)])
+    tasks: dict[str, TaskCalls] = {}
+    for s in spans:
+        latencies = calls.get(s.task, [])
+        prefix = FANOUT_SEQUENTIAL_PREFIX.get(s.task)
+        tasks[s.task] = TaskCalls(s.duration, latencies[prefix:] if prefix is not None else [])
+    return bounds(tasks, sequential.graph)
+
+
+def identical_outputs(a: Path, b: Path) -> bool:
+    def files(d: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(d)): p.read_bytes()
+            for p in d.rglob("*")
+            if p.is_file() and ".planexe_concurrency" not in p.relative_to(d).parts
+        }
+
+    return files(a) == files(b)
+
+
+def format_table(results: Sequence[RunResult], reference: RunResult, b: Any, identical: dict[str, bool]) -> str:
+    rows = [
+        "| run | workers | max_parallel | wall (s) | speed-up | LLM calls | peak in flight | overhead/task (s) | vs full bound | same files |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        rows.append(
+            f"| {r.label} | {r.workers} | {'-' if r.sequential else r.max_parallel} | {r.wall:.1f} | "
+            f"{reference.wall / r.wall:.2f}x | {r.calls} | {r.peak_in_flight} | {r.overhead_per_task:.2f} | "
+            f"{r.wall / b.full:.2f}x | {'reference' if r is reference else ('yes' if identical.get(r.label) else 'NO')} |"
+        )
+    rows.append("")
+    rows.append(
+        f"Critical-path bounds (from the first sequential run): graph only {b.graph:.1f} s "
+        f"(best speed-up {reference.wall / b.graph:.2f}x), graph + fully parallel loops {b.full:.1f} s "
+        f"(best speed-up {reference.wall / b.full:.2f}x)."
+    )
+    return "\n".join(rows)
+
+
+def _csv_ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="planexe-concurrency bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--latency", default="0.3", help="per-call latency: SECONDS, uniform:MEAN:SPREAD or lognormal:MEAN:SIGMA")
+    p.add_argument("--speed", choices=("all_details", "fast"), default="all_details")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--max-parallel", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=1, help="pairs of runs (alternating order)")
+    p.add_argument("--sweep-workers", type=_csv_ints, help="e.g. 1,2,4: with --sweep-max-parallel, a grid of concurrent runs")
+    p.add_argument("--sweep-max-parallel", type=_csv_ints, help="e.g. 1,4,16,32")
+    p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--planexe", type=Path, help="a real PlanExe checkout (default: the built-in double)")
+    p.add_argument("--python", default=sys.executable, help="the Python to run the pipeline with (PlanExe's venv for --planexe)")
+    p.add_argument("--extra", default="", help="extra arguments for 'planexe-concurrency run' of the concurrent runs")
+    return p
+
+
+def _environment(args: argparse.Namespace, server: SimServer) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT)]
+    if args.planexe:
+        checkout = args.planexe.resolve()
+        paths += [str(checkout / "worker_plan"), str(checkout)]
+        config_dir = (args.out / "planexe-config").resolve()
+        config_dir.mkdir(parents=True, exist_ok=True)
+        llm_config = {
+            SIM_MODEL: {
+                "priority": 1,
+                "class": "OpenAILike",
+                "arguments": {
+                    "model": "simulated", "api_base": server.url + "/v1", "api_key": "sim",
+                    "is_chat_model": True, "is_function_calling_model": False, "timeout": 60.0, "max_retries": 0,
+                },
+            }
+        }
+        (config_dir / "llm_config.json").write_text(json.dumps(llm_config, indent=2), encoding="utf-8")
+        env["PLANEXE_CONFIG_PATH"] = str(config_dir)
+        env["PLANEXE_CONCURRENCY_TARGET"] = "planexe"
+    else:
+        env["PLANEXE_CONCURRENCY_TARGET"] = "double"
+    env["PLANEXE_SIMLLM_URL"] = server.url
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 1 or args.max_parallel < 1 or args.repeat < 1:
+        print("planexe-concurrency bench: error: --workers, --max-parallel and --repeat must be >= 1", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    extra = args.extra.split()
+    with SimServer(SimServerConfig(latency=args.latency, log_path=str(args.out / "requests.jsonl"))) as server:
+        env = _environment(args, server)
+        common = dict(speed=args.speed, server=server, python=args.python, env=env)
+        results: list[RunResult] = []
+        for rep in range(args.repeat):
+            order = [True, False] if rep % 2 == 0 else [False, True]
+            for sequential in order:
+                label = f"{'sequential' if sequential else 'concurrent'} #{rep + 1}"
+                print(f"bench: {label} ...", flush=True)
+                results.append(
+                    run_pipeline(
+                        label, args.out / label.replace(" #", "-"), sequential=sequential,
+                        workers=1 if sequential else args.workers, max_parallel=args.max_parallel,
+                        extra=() if sequential else extra, **common,
+                    )
+                )
+        sweep: list[RunResult] = []
+        for w in args.sweep_workers or []:
+            for m in args.sweep_max_parallel or [args.max_parallel]:
+                label = f"sweep w{w} m{m}"
+                print(f"bench: {label} ...", flush=True)
+                sweep.append(run_pipeline(label, args.out / label.replace(" ", "-"), sequential=False, workers=w, max_parallel=m, extra=extra, **common))
+        log = server.log
+
+    reference = next(r for r in results if r.sequential)
+    b = compute_bounds(reference, log)
+    everything = results + sweep
+    identical = {r.label: identical_outputs(Path(reference.run_dir), Path(r.run_dir)) for r in everything if not r.sequential}
+    table = format_table(everything, reference, b, identical)
+    command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}).\n\n{table}\n"
+    print("\n" + report)
+    (args.out / "results.md").write_text(report, encoding="utf-8")
+    (args.out / "results.json").write_text(
+        json.dumps({"runs": [asdict(r) for r in everything], "bounds": asdict(b)}, indent=2), encoding="utf-8"
+    )
+    _timelines(args.out, [r for r in results if r.label.endswith("#1")])
+    if sweep:
+        rows = [{"workers": r.workers, "max_parallel": r.max_parallel, "wall": r.wall, "speedup": reference.wall / r.wall} for r in sweep]
+        with (args.out / "sweep.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        _try_png(lambda: sweep_png(args.out / "sweep.png", rows))
+    return 0 if all(r.ok for r in everything) and all(identical.values()) else 1
+
+
+def _timelines(out: Path, runs: Sequence[RunResult]) -> None:
+    panels = []
+    for r in runs:
+        state = Path(r.run_dir) / ".planexe_concurrency"
+        spans = read_task_spans(state / "tasks.jsonl")
+        items = item_spans(read_events(state / "events.jsonl")) if (state / "events.jsonl").exists() else []
+        title = f"{r.label} ({r.workers} worker(s){'' if r.sequential else f', max_parallel {r.max_parallel}'})"
+        (out / f"timeline-{r.label.split()[0]}.html").write_text(gantt_html(title, spans, items), encoding="utf-8")
+        panels.append((title, spans, items))
+    _try_png(lambda: gantt_png(out / "timeline.png", panels))
+
+
+def _try_png(draw: Any) -> None:
+    try:
+        draw()
+    except ImportError:
+        print("bench: matplotlib is not installed (pip install 'planexe-concurrency[plot]'); PNGs skipped", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
