@@ -35,6 +35,8 @@ from planexe_concurrency.simllm import SimServer, SimServerConfig
 from planexe_concurrency.simllm.server import RequestRecord, peak_in_flight
 from planexe_concurrency.timing import TaskCalls, bounds, calls_per_task, read_task_spans
 
+from .compare import differing_files
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Fan-out tasks and how many of their calls come first, in order, before the loop.
@@ -154,17 +156,6 @@ def compute_bounds(sequential: RunResult, server_log: Sequence[RequestRecord]) -
     return bounds(tasks, sequential.graph)
 
 
-def identical_outputs(a: Path, b: Path) -> bool:
-    def files(d: Path) -> dict[str, bytes]:
-        return {
-            str(p.relative_to(d)): p.read_bytes()
-            for p in d.rglob("*")
-            if p.is_file() and ".planexe_concurrency" not in p.relative_to(d).parts
-        }
-
-    return files(a) == files(b)
-
-
 def format_table(results: Sequence[RunResult], reference: RunResult, b: Any, identical: dict[str, bool]) -> str:
     rows = [
         "| run | workers | max_parallel | wall (s) | speed-up | LLM calls | peak in flight | overhead/task (s) | vs full bound | same files |",
@@ -267,7 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = next(r for r in results if r.sequential)
     b = compute_bounds(reference, log)
     everything = results + sweep
-    identical = {r.label: identical_outputs(Path(reference.run_dir), Path(r.run_dir)) for r in everything if not r.sequential}
+    # A real PlanExe is compared leniently (its own uuid4 ids, durations and report time differ run to run).
+    lenient = args.planexe is not None
+    identical = {
+        r.label: not differing_files(Path(reference.run_dir), Path(r.run_dir), lenient=lenient)
+        for r in everything
+        if not r.sequential
+    }
     table = format_table(everything, reference, b, identical)
     command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report = f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}).\n\n{table}\n"

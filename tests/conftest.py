@@ -10,6 +10,8 @@ import luigi
 import luigi.configuration
 import pytest
 
+from pipeline_patches.compare import differing_files, plan_files  # noqa: F401 - re-exported for the tests
+
 # The tests always run against our PlanExe double, even where a real PlanExe is importable.
 os.environ.setdefault("PLANEXE_CONCURRENCY_TARGET", "double")
 
@@ -106,17 +108,3 @@ class PipelineRunner:
 @pytest.fixture
 def run_pipeline(luigi_config: luigi.configuration.LuigiConfigParser) -> PipelineRunner:
     return PipelineRunner(luigi_config)
-
-
-def plan_files(run_dir: Path) -> dict[str, bytes]:
-    """Every file PlanExe wrote (our own .planexe_concurrency folder left out)."""
-    return {
-        str(p.relative_to(run_dir)): p.read_bytes()
-        for p in sorted(run_dir.rglob("*"))
-        if p.is_file() and ".planexe_concurrency" not in p.relative_to(run_dir).parts
-    }
-
-
-def differing_files(a: Path, b: Path) -> list[str]:
-    fa, fb = plan_files(a), plan_files(b)
-    return sorted(name for name in set(fa) | set(fb) if fa.get(name) != fb.get(name))

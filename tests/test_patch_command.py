@@ -69,3 +69,20 @@ def test_workers_from_env() -> None:
     for bad in ("0", "65", "many"):
         with pytest.raises(ValueError, match=f"PLANEXE_WORKERS='{bad}' is not allowed: expected an integer in 1..64"):
             workers_from_env({"PLANEXE_WORKERS": bad})
+
+
+def test_lenient_compare_forgives_only_uuids_durations_and_report_time(tmp_path: Path) -> None:
+    from pipeline_patches.compare import differing_files
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, u, dur, stamp in ((a, "8f14e45f-ceea-467f-a0a4-6a2b1c7e8d90", 1, "2026-01-01 10:00:00"), (b, "c9f0f895-fb98-4b9a-8a6f-0d1e2f3a4b5c", 2, "2026-01-01 10:05:09")):
+        (d / ".planexe_concurrency").mkdir(parents=True)
+        (d / ".planexe_concurrency" / "x.record").write_text(str(dur))
+        (d / "raw.json").write_text(f'{{"id": "{u}", "metadata": {{"duration": {dur}}}}}')
+        (d / "report.html").write_text(f"<p>Generated on: {stamp} with PlanExe.</p>")
+        (d / "same.txt").write_text("same")
+    assert differing_files(a, b) == ["raw.json", "report.html"]
+    assert differing_files(a, b, lenient=True) == []
+    (b / "raw.json").write_text('{"id": "c9f0f895-fb98-4b9a-8a6f-0d1e2f3a4b5c", "metadata": {"duration": 2}, "x": 1}')
+    (b / "extra.txt").write_text("new")
+    assert differing_files(a, b, lenient=True) == ["extra.txt", "raw.json"]

@@ -1,0 +1,49 @@
+"""Compare two PlanExe run directories file by file.
+
+Our test double is deterministic, so its runs must agree byte for byte. A real PlanExe is
+not, even run twice sequentially with the same start time: it draws ``uuid4`` ids, writes
+each call's wall-clock ``duration`` into its raw files' metadata, and stamps the report
+with the time it was generated. ``lenient=True`` compares on that footing: UUIDs renamed
+in order of first appearance per file, ``"duration": N`` values and the report's
+"Generated on" stamp blanked. Nothing else is forgiven.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+STATE_DIR = ".planexe_concurrency"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_DURATION = re.compile(r'("duration":\s*)\d+(\.\d+)?')
+_GENERATED_ON = re.compile(r"Generated on: [0-9: -]+")
+
+
+def normalize(text: str) -> str:
+    names: dict[str, str] = {}
+    text = _UUID.sub(lambda m: names.setdefault(m.group(0), f"uuid-{len(names) + 1}"), text)
+    text = _DURATION.sub(r"\g<1>0", text)
+    return _GENERATED_ON.sub("Generated on: <time>", text)
+
+
+def plan_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the run except our own state folder."""
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and STATE_DIR not in p.relative_to(run_dir).parts
+    }
+
+
+def differing_files(a: Path, b: Path, *, lenient: bool = False) -> list[str]:
+    """Names of files that are missing on one side or differ (see the module docstring for ``lenient``)."""
+    fa, fb = plan_files(a), plan_files(b)
+    out = []
+    for name in sorted(set(fa) | set(fb)):
+        x, y = fa.get(name), fb.get(name)
+        if x == y:
+            continue
+        if lenient and x is not None and y is not None:
+            if normalize(x.decode("utf-8", "replace")) == normalize(y.decode("utf-8", "replace")):
+                continue
+        out.append(name)
+    return out
