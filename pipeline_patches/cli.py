@@ -91,12 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("path", type=Path, help="the PlanExe checkout (or its run_plan_pipeline.py)")
     patch.add_argument("--revert", action="store_true", help="remove the hook again")
 
-    bench = sub.add_parser("bench", help="before/after benchmark against the simulated provider", add_help=False)
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="before/after benchmark against the simulated provider (see: bench --help)", add_help=False)
 
     simllm = sub.add_parser("simllm", help="the simulated LLM provider")
     simllm.add_argument("action", choices=("serve",))
-    simllm.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -250,8 +248,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "patch": cmd_patch, "simllm": cmd_simllm, "bench": cmd_bench}
 
 
+PASS_THROUGH = {"bench": 1, "simllm": 2}  # commands that parse their own options: words they keep
+
+
+def _split_pass_through(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Cut ``argv`` after a pass-through command (and its action word); the rest is theirs."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 1 if "=" in argv[i] or argv[i] in ("-h", "--help") else 2  # --log-level VALUE
+    if i < len(argv) and argv[i] in PASS_THROUGH:
+        cut = min(len(argv), i + PASS_THROUGH[argv[i]])
+        return argv[:cut], argv[cut:]
+    return argv, []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    head, rest = _split_pass_through(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(head)
+    if args.command in PASS_THROUGH:
+        args.rest = rest
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)
