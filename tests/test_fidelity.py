@@ -47,7 +47,7 @@ def test_concurrent_outputs_are_byte_identical(
     assert differing_files(reference, run_dir) == []
     # the loops really went through the engine: one record per item
     records = list((run_dir / ".planexe_concurrency" / "items").glob("*.record"))
-    assert len(records) >= 20
+    assert len(records) >= (18 if fast else 20)  # FAST keeps 2 items per truncated loop: 8 + 5 x 2
 
 
 def test_concurrent_under_four_luigi_workers_is_byte_identical(

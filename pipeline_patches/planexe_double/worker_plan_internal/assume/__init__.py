@@ -1,0 +1,1 @@
+"""Assumption helpers (shortening markdown)."""

@@ -1,0 +1,1 @@
+"""Premise attack and premortem."""

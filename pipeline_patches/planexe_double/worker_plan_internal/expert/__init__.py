@@ -1,0 +1,1 @@
+"""Finding experts and collecting their criticism."""

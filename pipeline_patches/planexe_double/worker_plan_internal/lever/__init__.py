@@ -1,0 +1,1 @@
+"""Levers and scenarios."""

@@ -1,0 +1,1 @@
+"""LLM plumbing: the fallback executor and the one-call helper most tasks share."""

@@ -1,0 +1,1 @@
+"""The pipeline and the per-item classes of its WBS and review loops."""
