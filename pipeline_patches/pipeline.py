@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
+import luigi
+
 from .assumptions import ConsolidateAssumptionsMarkdownTask
 from .base import ConcurrentTask, check_settings
 from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
@@ -62,7 +64,14 @@ def is_enabled(module: ModuleType | None = None) -> bool:
 
 
 class ConcurrentFullPlanPipeline(P.FullPlanPipeline):
-    """PlanExe's FullPlanPipeline (same requirements, same output) under a name of its own."""
+    """PlanExe's FullPlanPipeline (same requirements, same output) under a name of its own.
+
+    ``--run-id-dir`` is required here and parsed into a ``Path`` (PlanExe's tasks join
+    paths with ``/``; its own parameter would hand them a plain string from the command
+    line). Cloned into every other task, it gives them the same task ids as PlanExe's.
+    """
+
+    run_id_dir = luigi.PathParameter(description="the run directory (with 001-1 start time and 001-2 plan files)")
 
 
 enable()

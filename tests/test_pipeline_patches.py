@@ -1,0 +1,300 @@
+"""pipeline_patches against the double: rebinding, the shim, the luigi CLI, forked workers, stop, resume, errors."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import luigi
+import pytest
+
+from conftest import FIXED_START_TIME, PLAN_PROMPT, PipelineRunner, differing_files, set_concurrency
+from planexe_concurrency.events import ItemState, read_events
+from pipeline_patches import pipeline as patches
+from pipeline_patches.planexe import load_planexe
+
+REPO = Path(__file__).resolve().parent.parent
+pe = load_planexe()
+P = pe.pipeline
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PLANEXE_CONCURRENCY_TARGET"] = "double"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sequential run of PlanExe's own (double's) tasks, ALL_DETAILS."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    (run_dir / pe.FilenameEnum.START_TIME.value).write_text(FIXED_START_TIME)
+    (run_dir / pe.FilenameEnum.INITIAL_PLAN.value).write_text(PLAN_PROMPT)
+    assert PipelineRunner(luigi.configuration.get_config())(run_dir, concurrent=False)
+    return run_dir
+
+
+def test_enable_rebinds_module_globals_so_requires_picks_concurrent_tasks(new_run_dir: Callable[[str], Path]) -> None:
+    patches.enable()
+    assert patches.is_enabled()
+    root = P.FullPlanPipeline(run_id_dir=new_run_dir("r"), llm_models=["simulated"])
+    deps = root.requires()
+    for name, cls in patches.CONCURRENT_TASKS.items():
+        assert any(type(t) is cls for t in deps.values()), name
+    patches.disable()
+    try:
+        assert not patches.is_enabled()
+        deps = P.FullPlanPipeline(run_id_dir=new_run_dir("s"), llm_models=["simulated"]).requires()
+        assert not any(type(t) in patches.CONCURRENT_TASKS.values() for t in deps.values())
+    finally:
+        patches.enable()
+    # same class names and task ids as PlanExe's, so an existing run directory resumes
+    ours = patches.CreateWBSLevel3Task(run_id_dir=Path("/x"), llm_models=["m"])
+    theirs = patches._ORIGINALS["CreateWBSLevel3Task"](run_id_dir=Path("/x"), llm_models=["m"])
+    assert ours.task_id == theirs.task_id and ours.output().path == theirs.output().path
+
+
+def test_package_level_enable_and_disable() -> None:
+    import pipeline_patches
+
+    pipeline_patches.disable()
+    assert not patches.is_enabled()
+    pipeline_patches.enable()
+    assert patches.is_enabled()
+
+
+def test_shim_says_what_it_could_not_find(tmp_path: Path) -> None:
+    code = "from pipeline_patches.planexe import load_planexe; load_planexe()"
+    env = _env(PLANEXE_CONCURRENCY_TARGET="planexe")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "PlanExe could not be found. Tried:" in proc.stderr
+    assert "worker_plan_internal.plan.run_plan_pipeline" in proc.stderr and "planexe.plan.run_plan_pipeline" in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(PLANEXE_CONCURRENCY_TARGET="nope"), capture_output=True, text=True)
+    assert "PLANEXE_CONCURRENCY_TARGET='nope' is not allowed: expected auto | planexe | double" in proc.stderr
+
+
+def test_shim_finds_the_older_planexe_layout(tmp_path: Path) -> None:
+    """The older layout keeps everything in one ``planexe`` package."""
+    for mod, body in {
+        "planexe/__init__.py": "",
+        "planexe/plan/__init__.py": "",
+        "planexe/plan/run_plan_pipeline.py": "MARK = 'old layout'\n",
+        "planexe/plan/filenames.py": "FilenameEnum = None\nExtraFilenameEnum = None\n",
+        "planexe/plan/speedvsdetail.py": "SpeedVsDetailEnum = None\n",
+        "planexe/llm_util/__init__.py": "",
+        "planexe/llm_util/llm_executor.py": "class PipelineStopRequested(RuntimeError):\n    pass\n",
+    }.items():
+        (tmp_path / mod).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / mod).write_text(body)
+    code = "from pipeline_patches.planexe import load_planexe; api = load_planexe(); print(api.layout, api.pipeline.MARK)"
+    env = _env(PLANEXE_CONCURRENCY_TARGET="auto", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.stdout.strip() == "planexe old layout", proc.stderr
+
+
+@pytest.mark.slow
+def test_luigi_command_line_with_several_workers(reference: Path, new_run_dir: Callable[[str], Path]) -> None:
+    run_dir = new_run_dir("cli")
+    cmd = [
+        sys.executable, "-m", "luigi", "--module", "pipeline_patches.pipeline", "ConcurrentFullPlanPipeline",
+        "--run-id-dir", str(run_dir), "--llm-models", '["simulated"]', "--workers", "4", "--local-scheduler",
+        "--planexe-concurrency-max-parallel", "8",
+    ]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert differing_files(reference, run_dir) == []
+    assert (run_dir / ".planexe_concurrency" / "items").is_dir()
+
+
+@pytest.mark.slow
+def test_luigi_command_line_against_luigid(reference: Path, new_run_dir: Callable[[str], Path], tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    luigid = subprocess.Popen(
+        [shutil.which("luigid") or str(Path(sys.executable).with_name("luigid")), "--address", "127.0.0.1", "--port", str(port),
+         "--state-path", str(tmp_path / "state.pickle"), "--logdir", str(tmp_path)],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            assert luigid.poll() is None, "luigid exited at start-up"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        run_dir = new_run_dir("luigid")
+        cmd = [
+            sys.executable, "-m", "luigi", "--module", "pipeline_patches.pipeline", "ConcurrentFullPlanPipeline",
+            "--run-id-dir", str(run_dir), "--llm-models", '["simulated"]', "--workers", "2",
+            "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port),
+        ]
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert differing_files(reference, run_dir) == []
+    finally:
+        luigid.terminate()
+        luigid.wait(10)
+
+
+class FileProgress:
+    """A PlanExe-style progress/stop callback whose state lives on disk, as it must across forks."""
+
+    def __init__(self, path: Path, stop_after: int | None = None) -> None:
+        self.path = path
+        self.stop_after = stop_after
+
+    def __call__(self, task: Any, duration: float) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"task": task.task_family, "pid": os.getpid(), "time": time.time()}) + "\n")
+        if self.stop_after is not None and len(self.path.read_text().splitlines()) >= self.stop_after:
+            raise pe.PipelineStopRequested("stop requested by the test")
+
+
+def _only_whole_files(run_dir: Path, reference: Path) -> None:
+    """Every file the interrupted run left is the complete file a full run writes (the double is deterministic)."""
+    from pipeline_patches.compare import plan_files
+
+    ours, full = plan_files(run_dir), plan_files(reference)
+    partial = [name for name, data in ours.items() if name in full and data != full[name]]
+    assert partial == []
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_forked_workers_report_progress_and_a_stop_ends_every_task_then_resumes(
+    reference: Path, new_run_dir: Callable[[str], Path], run_pipeline: PipelineRunner, tmp_path: Path
+) -> None:
+    run_dir = new_run_dir("stop")
+    events_file = run_dir / ".planexe_concurrency" / "events.jsonl"
+    progress = tmp_path / "progress.jsonl"
+    latency = os.environ.get("PLANEXE_SIMLLM_LATENCY")
+    os.environ["PLANEXE_SIMLLM_LATENCY"] = "0.05"
+    try:
+        ok = run_pipeline(
+            run_dir, concurrent=True, workers=4, callback=FileProgress(progress, stop_after=40),
+            events_file=str(events_file), max_parallel=8,
+        )
+    finally:
+        if latency is None:
+            os.environ.pop("PLANEXE_SIMLLM_LATENCY")
+        else:
+            os.environ["PLANEXE_SIMLLM_LATENCY"] = latency
+    assert not ok
+    flag = run_dir / pe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
+    assert flag.exists()
+    lines = [json.loads(x) for x in progress.read_text().splitlines()]
+    assert len({x["pid"] for x in lines}) > 1  # the callback ran in several forked workers; the parent sees it
+    # after the stop, no fan-out item started more than one call's latency later
+    stopped_at = flag.stat().st_mtime
+    late = [e for e in read_events(events_file) if e.state is ItemState.RUNNING and e.time > stopped_at + 0.5]
+    assert late == []
+    _only_whole_files(run_dir, reference)
+    # a later run resumes and ends with exactly the reference files
+    flag.unlink()
+    assert run_pipeline(run_dir, concurrent=True, workers=4, max_parallel=8)
+    assert differing_files(reference, run_dir) == []
+
+
+def _copy_run(reference: Path, dest: Path) -> Path:
+    shutil.copytree(reference, dest)
+    return dest
+
+
+def test_resume_reuses_finished_items_and_redoes_corrupt_ones(
+    reference: Path, tmp_path: Path, luigi_config: Any
+) -> None:
+    run_dir = _copy_run(reference, tmp_path / "resume")
+    events_file = tmp_path / "events.jsonl"
+    set_concurrency(luigi_config, events_file=str(events_file))
+    task = patches.CreateWBSLevel3Task(run_id_dir=run_dir, llm_models=["simulated"])
+    task.output().remove()
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    first = read_events(events_file)
+    assert sum(e.state is ItemState.RUNNING for e in first) == 5
+    assert differing_files(reference, run_dir) == []
+
+    records = sorted((run_dir / ".planexe_concurrency" / "items").glob("023-1-*.record"))
+    assert len(records) == 5
+    records[1].write_text('{"fingerprint": "x", "rec')  # a record cut short
+    (run_dir / "023-1-3-wbs_level3_raw.json").unlink()  # a raw file gone (its record is fine)
+    task.output().remove()
+    events_file.unlink()
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    second = read_events(events_file)
+    assert [e.item for e in second if e.state is ItemState.RUNNING] == [1]
+    assert sum(e.cached for e in second) == 4
+    assert differing_files(reference, run_dir) == []
+
+
+def test_loop_failure_raises_planexes_message(reference: Path, tmp_path: Path) -> None:
+    run_dir = _copy_run(reference, tmp_path / "fail")
+    task = patches.DraftDocumentsToFindTask(run_id_dir=run_dir, llm_models=["simulated-fail"])
+    before = (run_dir / task.output().path).read_bytes()
+    with pytest.raises(Exception) as info:
+        task.run()
+    chain = []
+    err: BaseException | None = info.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__
+    assert "DraftDocumentsToFindTask" in chain[0]  # PlanTask.run wraps it, naming the task
+    assert "Document-to-find 1 LLM interaction failed." in chain
+    assert any("Exhausted all LLMs" in c for c in chain)
+    assert (run_dir / task.output().path).read_bytes() == before  # nothing half-written
+
+
+def test_stop_request_inside_a_loop_is_not_wrapped(reference: Path, tmp_path: Path) -> None:
+    run_dir = _copy_run(reference, tmp_path / "stop-inside")
+    for p in run_dir.glob("022-*"):
+        p.unlink()
+    shutil.rmtree(run_dir / ".planexe_concurrency", ignore_errors=True)
+
+    def stop(task: Any, duration: float) -> None:
+        raise pe.PipelineStopRequested("user closed the tab")
+
+    task = patches.EstimateTaskDurationsTask(run_id_dir=run_dir, llm_models=["simulated"], _pipeline_executor_callback=stop)
+    with pytest.raises(pe.PipelineStopRequested, match="user closed the tab"):
+        task.run()
+    assert (run_dir / pe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value).exists()
+    assert not Path(task.output().path).exists()
+
+
+@pytest.mark.slow
+def test_governance_parallel_changes_only_phases_5_and_6_and_what_reads_them(
+    reference: Path, new_run_dir: Callable[[str], Path], run_pipeline: PipelineRunner, luigi_config: Any
+) -> None:
+    set_concurrency(luigi_config, governance_parallel=True)
+    p5 = patches.CONCURRENT_TASKS["GovernancePhase5MonitoringProgressTask"](run_id_dir=Path("/x"), llm_models=["m"])
+    p6 = patches.CONCURRENT_TASKS["GovernancePhase6ExtraTask"](run_id_dir=Path("/x"), llm_models=["m"])
+    assert "governance_phase4_decision_escalation_matrix" not in p5.requires()
+    assert {"governance_phase4_decision_escalation_matrix", "governance_phase5_monitoring_progress"}.isdisjoint(p6.requires())
+    run_dir = new_run_dir("governance")
+    assert run_pipeline(run_dir, concurrent=True, workers=4, governance_parallel=True)
+    changed = differing_files(reference, run_dir)
+    fe = pe.FilenameEnum
+    allowed = {
+        fe.GOVERNANCE_PHASE5_MONITORING_PROGRESS_RAW.value,
+        fe.GOVERNANCE_PHASE5_MONITORING_PROGRESS_MARKDOWN.value,
+        fe.GOVERNANCE_PHASE6_EXTRA_RAW.value,
+        fe.GOVERNANCE_PHASE6_EXTRA_MARKDOWN.value,
+        fe.CONSOLIDATE_GOVERNANCE_MARKDOWN.value,
+        fe.REPORT.value,
+    }
+    assert fe.GOVERNANCE_PHASE5_MONITORING_PROGRESS_RAW.value in changed
+    assert fe.GOVERNANCE_PHASE6_EXTRA_RAW.value in changed
+    assert set(changed) <= allowed, set(changed) - allowed
+    set_concurrency(luigi_config, governance_parallel=False)
+    assert "governance_phase4_decision_escalation_matrix" in p5.requires()
