@@ -45,11 +45,20 @@ def _colour(name: str) -> str:
 
 
 def _lanes(spans: Sequence[TaskSpan]) -> dict[int, int]:
-    pids = []
+    """Lane per task process: the first lane free when it starts (Luigi forks one child per
+    task, so a lane is a worker slot, not a pid). Items find their task's lane by pid."""
+    lane_free_at: list[float] = []
+    lanes: dict[int, int] = {}
     for s in sorted(spans, key=lambda s: s.start):
-        if s.pid not in pids:
-            pids.append(s.pid)
-    return {pid: i for i, pid in enumerate(pids)}
+        for i, free_at in enumerate(lane_free_at):
+            if free_at <= s.start + 1e-6:
+                lane_free_at[i] = s.end
+                break
+        else:
+            lane_free_at.append(s.end)
+            i = len(lane_free_at) - 1
+        lanes[s.pid] = i
+    return lanes
 
 
 def gantt_html(title: str, spans: Sequence[TaskSpan], items: Sequence[ItemSpan] = ()) -> str:
@@ -59,15 +68,16 @@ def gantt_html(title: str, spans: Sequence[TaskSpan], items: Sequence[ItemSpan] 
     t0 = min(s.start for s in spans)
     t1 = max(s.end for s in spans)
     lanes = _lanes(spans)
+    n_lanes = max(lanes.values()) + 1
     width, left, lane_h, top = 1200, 90, 34, 40
     scale = (width - left - 20) / max(t1 - t0, 1e-9)
-    height = top + lane_h * len(lanes) + 40
+    height = top + lane_h * n_lanes + 40
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
         f'<text x="{left}" y="20" font-size="14">{html.escape(title)} — {t1 - t0:.1f} s, {len(spans)} tasks, '
-        f"{len(lanes)} worker lane(s)</text>",
+        f"{n_lanes} worker lane(s)</text>",
     ]
-    for pid, lane in lanes.items():
+    for lane in range(n_lanes):
         y = top + lane * lane_h
         parts.append(f'<text x="4" y="{y + 20}">worker {lane + 1}</text>')
     for s in spans:
@@ -89,7 +99,7 @@ def gantt_html(title: str, spans: Sequence[TaskSpan], items: Sequence[ItemSpan] 
             f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="3" fill="#222">'
             f"<title>{html.escape(f'{it.task} item {it.item + 1}: {it.end - it.start:.2f} s')}</title></rect>"
         )
-    axis_y = top + lane_h * len(lanes) + 14
+    axis_y = top + lane_h * n_lanes + 14
     step = max(1, round((t1 - t0) / 10))
     tick = 0
     while tick <= t1 - t0:
@@ -111,7 +121,11 @@ def gantt_png(path: str | Path, runs: Sequence[tuple[str, Sequence[TaskSpan], Se
     import matplotlib.pyplot as plt
 
     longest = max((max(s.end for s in spans) - min(s.start for s in spans)) for _, spans, _ in runs if spans)
-    fig, axes = plt.subplots(len(runs), 1, figsize=(12, 1.2 + 1.6 * len(runs) + 0.25 * sum(len(_lanes(s)) for _, s, _ in runs)), squeeze=False)
+    n_lanes = [max(_lanes(spans).values()) + 1 for _, spans, _ in runs]
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(12, 1.0 + 0.9 * len(runs) + 0.35 * sum(n_lanes)), squeeze=False,
+        gridspec_kw={"height_ratios": [n + 1 for n in n_lanes]},
+    )
     for ax, (title, spans, items) in zip(axes[:, 0], runs):
         t0 = min(s.start for s in spans)
         lanes = _lanes(spans)
@@ -123,8 +137,9 @@ def gantt_png(path: str | Path, runs: Sequence[tuple[str, Sequence[TaskSpan], Se
         wall = max(s.end for s in spans) - t0
         ax.set_title(f"{title}: {wall:.1f} s", loc="left", fontsize=10)
         ax.set_xlim(0, longest * 1.02)
-        ax.set_yticks(range(len(lanes)))
-        ax.set_yticklabels([f"worker {i + 1}" for i in range(len(lanes))], fontsize=7)
+        count = max(lanes.values()) + 1
+        ax.set_yticks(range(count))
+        ax.set_yticklabels([f"worker {i + 1}" for i in range(count)], fontsize=7)
         ax.invert_yaxis()
     axes[-1, 0].set_xlabel("seconds")
     fig.tight_layout()
