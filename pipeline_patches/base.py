@@ -64,10 +64,11 @@ class Item:
 
 def known_task_names() -> set[str]:
     pipeline = load_planexe().pipeline
+    # Task classes bound under their own name: PlanExe's, or ours in their place once enabled.
     return {
         name
         for name, obj in vars(pipeline).items()
-        if isinstance(obj, type) and issubclass(obj, luigi.Task) and obj.__module__ == pipeline.__name__
+        if isinstance(obj, type) and issubclass(obj, luigi.Task) and obj.__name__ == name and not obj.__module__.startswith("luigi")
     }
 
 
