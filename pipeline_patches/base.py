@@ -100,10 +100,10 @@ class ConcurrentTask:
         return path
 
     # -- the engine ---------------------------------------------------------------------
-    def make_fanout(self) -> FanOut:
+    def make_fanout(self, settings: FanOutSettings | None = None) -> FanOut:
         planexe = load_planexe()
         cfg = read_config()
-        settings = self.concurrency_settings()
+        settings = settings or self.concurrency_settings()
         shared = None
         if cfg.rate_limit_file and settings.requests_per_minute > 0:
             shared = SharedSlotFile(cfg.rate_limit_file, settings.requests_per_minute)
@@ -115,10 +115,10 @@ class ConcurrentTask:
             shared_slots=shared,
         )
 
-    def make_executor(self) -> ConcurrentLLMExecutor:
+    def make_executor(self, settings: FanOutSettings | None = None) -> ConcurrentLLMExecutor:
         planexe = load_planexe()
         models = planexe.LLMModelFromName.from_names(list(self.llm_models))  # type: ignore[attr-defined]
-        return ConcurrentLLMExecutor(models, fanout=self.make_fanout(), should_stop_callback=self._stop_check)
+        return ConcurrentLLMExecutor(models, fanout=self.make_fanout(settings), should_stop_callback=self._stop_check)
 
     def _stop_check(self, check: StopCheck) -> None:
         """After each attempt: honour a stop another process asked for, then PlanExe's callback."""
@@ -176,9 +176,10 @@ class ConcurrentTask:
         """
         (self.state_dir() / "items").mkdir(exist_ok=True)
         caches = [self._record_cache(i, item) for i, item in enumerate(items)]
-        executor = self.make_executor()
+        settings = self.concurrency_settings()
         if tolerate_failures:
-            executor.fanout.settings = replace(executor.fanout.settings, failure_mode="continue_on_error")
+            settings = replace(settings, failure_mode="continue_on_error")
+        executor = self.make_executor(settings)
         try:
             return executor.run_batch(
                 [item.call for item in items], caches=caches, labels=[item.label for item in items]

@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     identical = {
         r.label: not differing_files(Path(reference.run_dir), Path(r.run_dir), lenient=lenient)
         for r in everything
-        if not r.sequential
+        if r is not reference
     }
     table = format_table(everything, reference, b, identical)
     command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])

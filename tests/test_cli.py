@@ -111,7 +111,7 @@ def test_bench_prints_a_table_of_ratios_and_checks_the_files(tmp_path: Path, cap
     assert code == 0
     report = (out / "results.md").read_text()
     assert "| sequential #1 | 1 | - |" in report and "| concurrent #1 | 2 | 4 |" in report
-    assert "| yes |" in report and "Critical-path bounds" in report
+    assert "| yes |" in report and "| NO |" not in report and "Critical-path bounds" in report
     results = json.loads((out / "results.json").read_text())
     seq, conc = results["runs"]
     assert seq["calls"] == conc["calls"] == 73  # FAST mode, every call seen by the server

@@ -298,3 +298,16 @@ def test_governance_parallel_changes_only_phases_5_and_6_and_what_reads_them(
     assert set(changed) <= allowed, set(changed) - allowed
     set_concurrency(luigi_config, governance_parallel=False)
     assert "governance_phase4_decision_escalation_matrix" in p5.requires()
+
+
+def test_consolidate_assumptions_carries_on_past_failed_items_like_planexe(reference: Path, tmp_path: Path) -> None:
+    outputs = {}
+    for name, cls in (("ours", patches.ConsolidateAssumptionsMarkdownTask), ("planexe", patches._ORIGINALS["ConsolidateAssumptionsMarkdownTask"])):
+        run_dir = _copy_run(reference, tmp_path / name)
+        task = cls(run_id_dir=run_dir, llm_models=["simulated-fail"])
+        for target in task.output().values():
+            target.remove()
+        task.run()
+        outputs[name] = {k: Path(t.path).read_bytes() for k, t in task.output().items()}
+    assert outputs["ours"] == outputs["planexe"]
+    assert outputs["ours"]["short"].count(b"Error shortening markdown file.") == 8
