@@ -126,7 +126,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             "failure_mode": args.failure_mode,
             "requests_per_minute": args.requests_per_minute,
             "governance_parallel": True if args.governance_parallel else None,
-            "events_file": str(run_dir / ".planexe_concurrency" / "events.jsonl"),
         }
     )
     from . import pipeline as patches
@@ -148,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         prepare_run_dir(run_dir, prompt)
     except RunDirError as exc:
         raise UsageError(str(exc)) from exc
+    _set_config({"events_file": str(run_dir / ".planexe_concurrency" / "events.jsonl")})
     stop_flag = run_dir / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
     stop_flag.unlink(missing_ok=True)
 

@@ -95,12 +95,13 @@ class JsonlEventLog:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     def __call__(self, event: ItemEvent) -> None:
         line = (event.to_json() + "\n").encode("utf-8")
         with self._lock:
+            # Here, not in __init__: an unwritable log then fails the listener (logged), not the run.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)

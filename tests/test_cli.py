@@ -10,6 +10,21 @@ from conftest import FIXED_START_TIME, PLAN_PROMPT
 from pipeline_patches.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _restore_global_state(luigi_config):  # type: ignore[no-untyped-def]
+    """`main` sets up logging on the (captured) stderr and `run` writes its settings into Luigi's
+    global config, as a command should; undo both per test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 def test_run_on_the_built_in_defaults_writes_a_whole_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     summary = tmp_path / "summary.json"

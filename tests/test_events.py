@@ -76,3 +76,13 @@ def test_default_listeners_and_bus_add(tmp_path: Path) -> None:
     bus.add(seen.append)
     bus.emit(make_event("T", 0, 1, ItemState.PENDING))
     assert len(seen) == 1
+
+
+def test_unwritable_event_log_fails_the_listener_not_the_run(tmp_path: Path) -> None:
+    from planexe_concurrency.config import FanOutSettings
+    from planexe_concurrency.fanout import FanOut
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    log = JsonlEventLog(blocker / "events.jsonl")  # its folder can never be made
+    assert FanOut(FanOutSettings(), task="T", listeners=[log]).map([lambda: 1]) == [1]
