@@ -90,12 +90,17 @@ def warm_up(llm_models: Sequence[str]) -> float:
             model.create_llm()
         except Exception as exc:  # the run itself will report a broken model properly
             logger.warning("warm-up: could not create %r: %s", model, exc)
+    import_lazy_modules()
+    return time.perf_counter() - started
+
+
+def import_lazy_modules() -> None:
+    """Import what an LLM client's first call would import lazily (see LAZY_IMPORTS)."""
     for name in LAZY_IMPORTS:
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    return time.perf_counter() - started
 
 
 def prefer_fork() -> None:

@@ -18,6 +18,7 @@ from .assumptions import ConsolidateAssumptionsMarkdownTask
 from .base import ConcurrentTask, check_settings
 from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
 from .experts import ExpertReviewTask
+from .flag_toggle import import_lazy_modules
 from .governance import GovernancePhase5MonitoringProgressTask, GovernancePhase6ExtraTask
 from .planexe import load_planexe
 from .wbs import CreateWBSLevel3Task, EstimateTaskDurationsTask
@@ -75,6 +76,9 @@ class ConcurrentFullPlanPipeline(P.FullPlanPipeline):
 
 
 enable()
+# `luigi --module pipeline_patches.pipeline ... --workers N` imports this module in the
+# parent, before it forks a process per task: pay the LLM client's lazy imports once here.
+import_lazy_modules()
 
 __all__ = [
     "CONCURRENT_TASKS",
