@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from worker_plan_api.speedvsdetail import SpeedVsDetailEnum
 from worker_plan_internal.llm_util.llm_executor import LLMExecutor, PipelineStopRequested
-from worker_plan_internal.llm_util.structured_step import llm_metadata, structured_chat, write_json, write_text
+from worker_plan_internal.llm_util.structured_step import PromptedResponse, llm_metadata, structured_chat, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class PremortemAnalysis(BaseModel):
 
 
 @dataclass
-class Premortem:
+class Premortem(PromptedResponse):
     system_prompt: str
     user_prompt: str
     response: dict[str, Any]
@@ -107,19 +107,10 @@ class Premortem:
         return "\n".join(rows) + "\n"
 
     def to_dict(self, include_metadata: bool = True, include_system_prompt: bool = True, include_user_prompt: bool = True, include_markdown: bool = True) -> dict[str, Any]:
-        d = dict(self.response)
-        if include_metadata:
-            d["metadata"] = self.metadata
-        if include_system_prompt:
-            d["system_prompt"] = self.system_prompt
-        if include_user_prompt:
-            d["user_prompt"] = self.user_prompt
+        d = super().to_dict(include_metadata, include_system_prompt, include_user_prompt)
         if include_markdown:
             d["markdown"] = self.markdown
         return d
-
-    def save_raw(self, file_path: str) -> None:
-        write_json(str(file_path), self.to_dict())
 
     def save_markdown(self, output_file_path: str) -> None:
         write_text(str(output_file_path), self.markdown)

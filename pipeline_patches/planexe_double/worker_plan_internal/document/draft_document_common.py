@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional
 from llama_index.core.llms.llm import LLM
 from pydantic import BaseModel
 
-from worker_plan_internal.llm_util.structured_step import llm_metadata, structured_chat, system_user
+from worker_plan_internal.llm_util.structured_step import PromptedResponse, llm_metadata, structured_chat, system_user
 from worker_plan_internal.plan.simple_steps import IdentifyPurpose, purpose_of
 
 _PURPOSE_HINT = {
@@ -23,7 +23,7 @@ _PURPOSE_HINT = {
 
 
 @dataclass
-class DraftDocumentBase:
+class DraftDocumentBase(PromptedResponse):
     system_prompt: str
     user_prompt: str
     response: dict[str, Any]
@@ -48,12 +48,3 @@ class DraftDocumentBase:
         response = json.loads(chat_response.message.content)
         return cls(system_prompt=system_prompt, user_prompt=user_prompt, response=response, metadata=llm_metadata(llm))
 
-    def to_dict(self, include_metadata: bool = True, include_system_prompt: bool = True, include_user_prompt: bool = True) -> dict[str, Any]:
-        d = dict(self.response)
-        if include_metadata:
-            d["metadata"] = self.metadata
-        if include_system_prompt:
-            d["system_prompt"] = self.system_prompt
-        if include_user_prompt:
-            d["user_prompt"] = self.user_prompt
-        return d

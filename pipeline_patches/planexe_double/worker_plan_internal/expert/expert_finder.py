@@ -14,7 +14,7 @@ from llama_index.core.llms.llm import LLM
 from pydantic import BaseModel, Field
 
 from worker_plan_internal.llm_util.llm_executor import LLMExecutor, PipelineStopRequested
-from worker_plan_internal.llm_util.structured_step import llm_metadata, stable_uuid, structured_chat, write_json
+from worker_plan_internal.llm_util.structured_step import PromptedResponse, llm_metadata, stable_uuid, structured_chat, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class ExpertList(BaseModel):
 
 
 @dataclass
-class ExpertFinder:
+class ExpertFinder(PromptedResponse):
     system_prompt: str
     user_prompt: str
     response: dict[str, Any]
@@ -84,19 +84,6 @@ class ExpertFinder:
         except Exception as exc:
             logger.error("Expert finder call %d failed.", number, exc_info=True)
             raise ValueError(f"Expert finder call {number} failed.") from exc
-
-    def to_dict(self, include_metadata: bool = True, include_system_prompt: bool = True, include_user_prompt: bool = True) -> dict[str, Any]:
-        d = dict(self.response)
-        if include_metadata:
-            d["metadata"] = self.metadata
-        if include_system_prompt:
-            d["system_prompt"] = self.system_prompt
-        if include_user_prompt:
-            d["user_prompt"] = self.user_prompt
-        return d
-
-    def save_raw(self, file_path: str) -> None:
-        write_json(str(file_path), self.to_dict())
 
     def save_cleanedup(self, file_path: str) -> None:
         write_json(str(file_path), self.expert_list)

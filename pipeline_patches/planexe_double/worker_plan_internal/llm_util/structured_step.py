@@ -127,8 +127,33 @@ def write_text(path: str, text: str) -> None:
         f.write(text)
 
 
+class PromptedResponse:
+    """The raw-file shape of a one-answer class, as PlanExe's: the answer, then metadata and prompts.
+
+    Subclasses (dataclasses) provide ``response``, ``metadata``, ``system_prompt`` and ``user_prompt``.
+    """
+
+    response: dict[str, Any]
+    metadata: dict[str, Any]
+    system_prompt: str
+    user_prompt: str
+
+    def to_dict(self, include_metadata: bool = True, include_system_prompt: bool = True, include_user_prompt: bool = True) -> dict[str, Any]:
+        d = dict(self.response)
+        if include_metadata:
+            d["metadata"] = self.metadata
+        if include_system_prompt:
+            d["system_prompt"] = self.system_prompt
+        if include_user_prompt:
+            d["user_prompt"] = self.user_prompt
+        return d
+
+    def save_raw(self, file_path: str) -> None:
+        write_json(str(file_path), self.to_dict())
+
+
 @dataclass
-class StructuredStep:
+class StructuredStep(PromptedResponse):
     """One structured LLM call. Subclasses set ``RESPONSE_MODEL`` and ``SYSTEM_PROMPT``.
 
     ``USE_COMPLETE`` mirrors PlanExe steps that call ``sllm.complete(prompt)`` instead of
@@ -174,23 +199,10 @@ class StructuredStep:
     def after_response(self, **context: Any) -> None:
         """Hook for steps that derive more from the answer (ids, merged lists)."""
 
-    def to_dict(self, include_metadata: bool = True, include_system_prompt: bool = True, include_user_prompt: bool = True) -> dict[str, Any]:
-        d = dict(self.response)
-        if include_metadata:
-            d["metadata"] = self.metadata
-        if include_system_prompt:
-            d["system_prompt"] = self.system_prompt
-        if include_user_prompt:
-            d["user_prompt"] = self.user_prompt
-        return d
-
     @property
     def markdown(self) -> str:
         body = render_markdown(self.response)
         return f"# {self.TITLE}\n\n{body}" if self.TITLE else body
-
-    def save_raw(self, file_path: str) -> None:
-        write_json(str(file_path), self.to_dict())
 
     def save_markdown(self, file_path: str) -> None:
         write_text(str(file_path), self.markdown)

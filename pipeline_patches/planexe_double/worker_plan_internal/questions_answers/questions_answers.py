@@ -13,7 +13,7 @@ from llama_index.core.llms import ChatMessage, MessageRole
 from llama_index.core.llms.llm import LLM
 from pydantic import BaseModel, Field
 
-from worker_plan_internal.llm_util.structured_step import llm_metadata, structured_chat, system_user, write_json, write_text
+from worker_plan_internal.llm_util.structured_step import PromptedResponse, llm_metadata, structured_chat, system_user, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class QAList(BaseModel):
 
 
 @dataclass
-class QuestionsAnswers:
+class QuestionsAnswers(PromptedResponse):
     system_prompt: str
     user_prompt: str
     response: dict[str, Any]
@@ -80,19 +80,6 @@ class QuestionsAnswers:
             f'<div class="qa"><p><b>{p["item_index"]}.</b> {html.escape(p["question"])}</p><p>{html.escape(p["answer"])}</p></div>'
             for p in response["question_answer_pairs"]
         ) + "\n"
-
-    def to_dict(self, include_metadata: bool = True, include_system_prompt: bool = True, include_user_prompt: bool = True) -> dict[str, Any]:
-        d = dict(self.response)
-        if include_metadata:
-            d["metadata"] = self.metadata
-        if include_system_prompt:
-            d["system_prompt"] = self.system_prompt
-        if include_user_prompt:
-            d["user_prompt"] = self.user_prompt
-        return d
-
-    def save_raw(self, file_path: str) -> None:
-        write_json(str(file_path), self.to_dict())
 
     def save_markdown(self, output_file_path: str) -> None:
         write_text(str(output_file_path), self.markdown)
