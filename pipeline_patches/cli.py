@@ -28,17 +28,6 @@ class UsageError(Exception):
     """A bad argument or setting; reported as one line, exit status 2."""
 
 
-def _set_config(values: dict[str, Any]) -> None:
-    import luigi.configuration
-
-    cfg = luigi.configuration.get_config()
-    if not cfg.has_section("planexe_concurrency"):
-        cfg.add_section("planexe_concurrency")
-    for key, value in values.items():
-        if value is not None:
-            cfg.set("planexe_concurrency", key, str(value).lower() if isinstance(value, bool) else str(value))
-
-
 def _positive(kind: str, lo: int, hi: int):  # type: ignore[no-untyped-def]
     def parse(text: str) -> int:
         try:
@@ -112,7 +101,7 @@ def _prompt(args: argparse.Namespace) -> str | None:
 def cmd_run(args: argparse.Namespace) -> int:
     import luigi
 
-    from planexe_concurrency.config import ConfigError
+    from planexe_concurrency.config import ConfigError, set_config_values
     from planexe_concurrency.resume import atomic_write_text
     from planexe_concurrency.timing import record_task_events, task_graph
 
@@ -120,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["PLANEXE_CONCURRENCY_TARGET"] = args.target
     prompt = _prompt(args)
     run_dir = args.run_dir or Path("runs") / time.strftime("PlanExe_%Y%m%d_%H%M%S")
-    _set_config(
+    set_config_values(
         {
             "max_parallel": args.max_parallel,
             "failure_mode": args.failure_mode,
@@ -147,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         prepare_run_dir(run_dir, prompt)
     except RunDirError as exc:
         raise UsageError(str(exc)) from exc
-    _set_config({"events_file": str(run_dir / ".planexe_concurrency" / "events.jsonl")})
+    set_config_values({"events_file": str(run_dir / ".planexe_concurrency" / "events.jsonl")})
     stop_flag = run_dir / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
     stop_flag.unlink(missing_ok=True)
 

@@ -122,6 +122,16 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
 ConcurrencyConfig = planexe_concurrency
 
 
+def set_config_values(values: Mapping[str, Any]) -> None:
+    """Write settings into Luigi's global config, as luigi.cfg would (None leaves a setting alone)."""
+    cfg = luigi.configuration.get_config()
+    if not cfg.has_section(SECTION):
+        cfg.add_section(SECTION)
+    for key, value in values.items():
+        if value is not None:
+            cfg.set(SECTION, key, str(value).lower() if isinstance(value, bool) else str(value))
+
+
 def _check(name: str, value: Any, where: str) -> None:
     ok, allowed = RULES[name]
     if not ok(value):

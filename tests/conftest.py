@@ -10,6 +10,7 @@ import luigi
 import luigi.configuration
 import pytest
 
+from planexe_concurrency.config import set_config_values
 from pipeline_patches.compare import differing_files, plan_files  # noqa: F401 - re-exported for the tests
 
 # The tests always run against our PlanExe double, even where a real PlanExe is importable.
@@ -42,10 +43,8 @@ def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
 
 
 def set_concurrency(cfg: luigi.configuration.LuigiConfigParser, **values: Any) -> None:
-    if not cfg.has_section("planexe_concurrency"):
-        cfg.add_section("planexe_concurrency")
-    for key, value in values.items():
-        cfg.set("planexe_concurrency", key, str(value).lower() if isinstance(value, bool) else str(value))
+    """Settings for one test (``cfg`` is the luigi_config fixture, which restores them afterwards)."""
+    set_config_values(values)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXED_START_TIME, PLAN_PROMPT
+from conftest import FIXED_START_TIME, PLAN_PROMPT, set_concurrency
 from pipeline_patches.cli import main
 
 
@@ -79,8 +79,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
 
 
 def test_bad_setting_is_refused_before_anything_runs(tmp_path: Path, luigi_config, capsys: pytest.CaptureFixture[str]) -> None:
-    luigi_config.add_section("planexe_concurrency") if not luigi_config.has_section("planexe_concurrency") else None
-    luigi_config.set("planexe_concurrency", "task_overrides", '{"NoSuchTask": {"max_parallel": 2}}')
+    set_concurrency(luigi_config, task_overrides='{"NoSuchTask": {"max_parallel": 2}}')
     run_dir = tmp_path / "new"
     assert main(["run", "--run-dir", str(run_dir)]) == 2
     assert "task_overrides names an unknown task 'NoSuchTask'" in capsys.readouterr().err
@@ -89,9 +88,7 @@ def test_bad_setting_is_refused_before_anything_runs(tmp_path: Path, luigi_confi
 
 
 def test_check_config_lists_each_concurrent_task(luigi_config, capsys: pytest.CaptureFixture[str]) -> None:
-    if not luigi_config.has_section("planexe_concurrency"):
-        luigi_config.add_section("planexe_concurrency")
-    luigi_config.set("planexe_concurrency", "task_overrides", '{"CreateWBSLevel3Task": {"max_parallel": 16}}')
+    set_concurrency(luigi_config, task_overrides='{"CreateWBSLevel3Task": {"max_parallel": 16}}')
     assert main(["check-config"]) == 0
     out = capsys.readouterr().out
     assert "CreateWBSLevel3Task: max_parallel=16" in out and "ExpertReviewTask: max_parallel=4" in out

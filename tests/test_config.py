@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+
+from conftest import set_concurrency
 from luigi.cmdline_parser import CmdlineParser
 
 from planexe_concurrency.config import (
@@ -37,9 +39,7 @@ def test_values_from_command_line(luigi_config) -> None:
 
 
 def _set(cfg, key: str, value: str) -> None:
-    if not cfg.has_section("planexe_concurrency"):
-        cfg.add_section("planexe_concurrency")
-    cfg.set("planexe_concurrency", key, value)
+    set_concurrency(cfg, **{key: value})
 
 
 @pytest.mark.parametrize(
