@@ -47,19 +47,19 @@ def set_concurrency(cfg: luigi.configuration.LuigiConfigParser, **values: Any) -
     set_config_values(values)
 
 
+def write_start_files(run_dir: Path) -> Path:
+    """Make ``run_dir`` with the two files PlanExe's front ends write first (start time, plan)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "001-1-start_time.json").write_text(FIXED_START_TIME)
+    (run_dir / "001-2-plan.txt").write_text(PLAN_PROMPT)
+    return run_dir
+
+
 @pytest.fixture
 def new_run_dir(tmp_path: Path) -> Callable[[str], Path]:
     """A factory of run directories that all share one start time and plan (so prompts match)."""
-    from pipeline_patches.planexe import load_planexe
-
-    fe = load_planexe().FilenameEnum
-
     def make(name: str) -> Path:
-        run_dir = tmp_path / name
-        run_dir.mkdir()
-        (run_dir / fe.START_TIME.value).write_text(FIXED_START_TIME)
-        (run_dir / fe.INITIAL_PLAN.value).write_text(PLAN_PROMPT)
-        return run_dir
+        return write_start_files(tmp_path / name)
 
     return make
 

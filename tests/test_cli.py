@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXED_START_TIME, PLAN_PROMPT, set_concurrency
+from conftest import PLAN_PROMPT, set_concurrency, write_start_files
 from pipeline_patches.cli import main
 
 
@@ -65,10 +65,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     broken.mkdir()
     (broken / "001-1-start_time.json").write_text("{")
     (broken / "001-2-plan.txt").write_text(PLAN_PROMPT)
-    done = tmp_path / "done"
-    done.mkdir()
-    (done / "001-1-start_time.json").write_text(FIXED_START_TIME)
-    (done / "001-2-plan.txt").write_text(PLAN_PROMPT)
+    done = write_start_files(tmp_path / "done")
     (tmp_path / "file").write_text("x")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     args = [a.format(busy=busy, half=half, broken=broken, done=done, file=tmp_path / "file") for a in args]

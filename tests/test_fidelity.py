@@ -16,16 +16,12 @@ def sequential_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path
     """One sequential (PlanExe's own tasks, one worker) run per speed mode, shared by the module."""
     import luigi.configuration
 
-    from conftest import FIXED_START_TIME, PLAN_PROMPT
-    from pipeline_patches.planexe import load_planexe
+    from conftest import write_start_files
 
-    fe = load_planexe().FilenameEnum
     runner = PipelineRunner(luigi.configuration.get_config())
     runs = {}
     for fast in (False, True):
-        run_dir = tmp_path_factory.mktemp(f"sequential-{'fast' if fast else 'all'}")
-        (run_dir / fe.START_TIME.value).write_text(FIXED_START_TIME)
-        (run_dir / fe.INITIAL_PLAN.value).write_text(PLAN_PROMPT)
+        run_dir = write_start_files(tmp_path_factory.mktemp(f"sequential-{'fast' if fast else 'all'}"))
         assert runner(run_dir, concurrent=False, fast=fast)
         runs[fast] = run_dir
     return runs

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXED_START_TIME, PLAN_PROMPT
+from conftest import write_start_files
 from pipeline_patches.compare import plan_files
 from pipeline_patches.patch_planexe import apply, revert
 from pipeline_patches.planexe_double import DOUBLE_ROOT
@@ -19,13 +19,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 # What PlanExe's entry point writes beside the plan, and may differ run to run.
 ENTRY_POINT_EXTRAS = {"log.txt", "track_activity.jsonl", "expected_filenames1.json"}
-
-
-def _run_dir(path: Path) -> Path:
-    path.mkdir()
-    (path / "001-1-start_time.json").write_text(FIXED_START_TIME)
-    (path / "001-2-plan.txt").write_text(PLAN_PROMPT)
-    return path
 
 
 def _plan(run_dir: Path) -> dict[str, bytes]:
@@ -56,13 +49,13 @@ def patched_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_patched_entry_point_flag_off_is_planexe_and_flag_on_is_concurrent(patched_copy: Path, tmp_path: Path) -> None:
-    off = _run_dir(tmp_path / "off")
+    off = write_start_files(tmp_path / "off")
     proc = _run("worker_plan_internal.plan.run_plan_pipeline", off, [patched_copy, REPO])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert not (off / ".planexe_concurrency").exists()  # PlanExe's own tasks ran
     assert "planexe-concurrency" not in proc.stdout + proc.stderr
 
-    on = _run_dir(tmp_path / "on")
+    on = write_start_files(tmp_path / "on")
     proc = _run("worker_plan_internal.plan.run_plan_pipeline", on, [patched_copy, REPO], PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="3")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "luigi.build with 3 workers" in proc.stdout + proc.stderr
@@ -71,7 +64,7 @@ def test_patched_entry_point_flag_off_is_planexe_and_flag_on_is_concurrent(patch
 
 
 def test_bad_worker_count_is_refused_before_anything_runs(patched_copy: Path, tmp_path: Path) -> None:
-    run_dir = _run_dir(tmp_path / "bad")
+    run_dir = write_start_files(tmp_path / "bad")
     proc = _run("worker_plan_internal.plan.run_plan_pipeline", run_dir, [patched_copy, REPO], PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="zero")
     assert proc.returncode != 0
     assert "PLANEXE_WORKERS='zero' is not allowed: expected an integer in 1..64" in proc.stderr
@@ -79,12 +72,12 @@ def test_bad_worker_count_is_refused_before_anything_runs(patched_copy: Path, tm
 
 
 def test_drop_in_entry_point_both_ways(tmp_path: Path) -> None:
-    off = _run_dir(tmp_path / "off")
+    off = write_start_files(tmp_path / "off")
     proc = _run("pipeline_patches.run_plan_pipeline", off, [REPO], PLANEXE_CONCURRENCY_TARGET="double")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert not (off / ".planexe_concurrency").exists()
 
-    on = _run_dir(tmp_path / "on")
+    on = write_start_files(tmp_path / "on")
     proc = _run("pipeline_patches.run_plan_pipeline", on, [REPO], PLANEXE_CONCURRENCY_TARGET="double", PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (on / ".planexe_concurrency" / "items").is_dir()

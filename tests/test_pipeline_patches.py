@@ -13,7 +13,7 @@ from typing import Any, Callable
 import luigi
 import pytest
 
-from conftest import FIXED_START_TIME, PLAN_PROMPT, PipelineRunner, differing_files, set_concurrency
+from conftest import PipelineRunner, differing_files, set_concurrency, write_start_files
 from planexe_concurrency.events import ItemState, read_events
 from pipeline_patches import pipeline as patches
 from pipeline_patches.planexe import load_planexe
@@ -34,9 +34,7 @@ def _env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sequential run of PlanExe's own (double's) tasks, ALL_DETAILS."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    (run_dir / pe.FilenameEnum.START_TIME.value).write_text(FIXED_START_TIME)
-    (run_dir / pe.FilenameEnum.INITIAL_PLAN.value).write_text(PLAN_PROMPT)
+    run_dir = write_start_files(tmp_path_factory.mktemp("reference"))
     assert PipelineRunner(luigi.configuration.get_config())(run_dir, concurrent=False)
     return run_dir
 
