@@ -12,6 +12,7 @@ matches, and rewrites the raw file if it is missing or differs.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ from planexe_concurrency.config import FanOutSettings, read_config, settings_fro
 from planexe_concurrency.events import default_listeners
 from planexe_concurrency.fanout import FanOut, FanOutError, ItemFailedError
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
-from planexe_concurrency.ratelimit import SharedSlotFile
+from planexe_concurrency.ratelimit import SharedSlotFile, pace_llm_requests, stop_pacing_llm_requests
 from planexe_concurrency.resume import ItemCache, atomic_write_text, json_text
 
 from .planexe import load_planexe
@@ -77,6 +78,109 @@ def check_settings() -> None:
     validate(read_config(), known_task_names())
 
 
+RATE_LIMIT_FILE_NAME = "rate_limit.slots"
+
+
+def rate_limit_slots(task: luigi.Task) -> SharedSlotFile | None:
+    """The request budget every process of this run shares, or None without a budget.
+
+    ``requests_per_minute`` belongs to the provider's key, so it is one budget for the whole
+    run, never per task: its slots live in ``rate_limit_file``, by default a file in the run
+    directory that every forked worker (and every host on shared storage) sees.
+    """
+    cfg = read_config()
+    if cfg.requests_per_minute <= 0:
+        return None
+    path = cfg.rate_limit_file or Path(task.run_id_dir) / STATE_DIR_NAME / RATE_LIMIT_FILE_NAME  # type: ignore[attr-defined]
+    return SharedSlotFile(path, cfg.requests_per_minute)
+
+
+def fanout_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = True) -> FanOut:
+    """A FanOut for one of ``task``'s loops (or, with ``listeners=False``, for one plain call).
+
+    With a request budget, every request of the process is paced where llama-index sends
+    it (:func:`pace_llm_requests`), so the FanOut itself does not pace again.
+    """
+    planexe = load_planexe()
+    slots = rate_limit_slots(task)
+    if slots is not None:
+        pace_llm_requests(slots)
+        settings = replace(settings, requests_per_minute=0.0)
+    else:
+        stop_pacing_llm_requests()  # the budget was lifted since (one process, several runs)
+    cfg = read_config()
+    return FanOut(
+        settings,
+        task=task.task_family,
+        listeners=default_listeners(cfg.events_file or None) if listeners else [],
+        stop_exceptions=(planexe.PipelineStopRequested,),
+    )
+
+
+def executor_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = True) -> ConcurrentLLMExecutor:
+    planexe = load_planexe()
+    models = planexe.LLMModelFromName.from_names(list(task.llm_models))  # type: ignore[attr-defined]
+    return ConcurrentLLMExecutor(
+        models, fanout=fanout_for(task, settings, listeners=listeners), should_stop_callback=stop_check_for(task)
+    )
+
+
+def stop_check_for(task: luigi.Task) -> Callable[[StopCheck], None]:
+    """After each attempt: honour a stop another process asked for, then PlanExe's callback."""
+
+    def check(attempt: StopCheck) -> None:
+        planexe = load_planexe()
+        flag = Path(task.run_id_dir) / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value  # type: ignore[attr-defined]
+        try:
+            if flag.stat().st_mtime >= PROCESS_STARTED:
+                raise planexe.PipelineStopRequested(f"{task.task_family}: stop flag {flag.name} found")
+        except FileNotFoundError:
+            pass
+        callback = getattr(task, "_pipeline_executor_callback", None)
+        if callback is not None:
+            with _callback_lock:
+                callback(task, attempt.total_duration)
+
+    return check
+
+
+@functools.cache
+def plain_task_executor_class() -> type:
+    """PlanExe's ``LLMExecutor`` with our ``run``: a subclass, because PlanExe checks ``isinstance``."""
+    planexe = load_planexe()
+
+    class PlainTaskExecutor(planexe.LLMExecutor):  # type: ignore[misc, name-defined]
+        """What a plain PlanExe task's ``create_llm_executor()`` returns once the patches are on.
+
+        PlanExe's tasks only call ``run(fn)``. This keeps PlanExe's behaviour (the models in
+        order, the stop callback after each attempt, 'Exhausted all LLMs') and adds what a
+        whole pipeline needs against a real provider: transient errors retried with backoff,
+        the run's request budget, and the stop flag other workers raise.
+        """
+
+        def __init__(self, task: luigi.Task) -> None:
+            super().__init__(llm_models=planexe.LLMModelFromName.from_names(list(task.llm_models)))  # type: ignore[attr-defined]
+            settings = replace(settings_from_config(read_config(), task.task_family), failure_mode="fail_fast")
+            self._concurrent = executor_for(task, settings, listeners=False)
+
+        def run(self, execute_function: Callable[[Any], Any]) -> Any:
+            validate = getattr(self, "_validate_execute_function", None)
+            if validate is not None:
+                validate(execute_function)
+            try:
+                return self._concurrent.run(execute_function)
+            except ItemFailedError as exc:
+                # One call, not a loop: raise what PlanExe's executor would ('Exhausted all LLMs').
+                raise (exc.__cause__ or exc) from None
+
+    return PlainTaskExecutor
+
+
+def create_llm_executor(self: luigi.Task) -> Any:
+    """Stands in for ``PlanTask.create_llm_executor`` (see ``pipeline.enable``)."""
+    return plain_task_executor_class()(self)
+
+
 class ConcurrentTask:
     """Mixin for PlanExe task classes; put it first in the bases."""
 
@@ -101,38 +205,10 @@ class ConcurrentTask:
 
     # -- the engine ---------------------------------------------------------------------
     def make_fanout(self, settings: FanOutSettings | None = None) -> FanOut:
-        planexe = load_planexe()
-        cfg = read_config()
-        settings = settings or self.concurrency_settings()
-        shared = None
-        if cfg.rate_limit_file and settings.requests_per_minute > 0:
-            shared = SharedSlotFile(cfg.rate_limit_file, settings.requests_per_minute)
-        return FanOut(
-            settings,
-            task=self.task_family,  # type: ignore[attr-defined]
-            listeners=default_listeners(cfg.events_file or None),
-            stop_exceptions=(planexe.PipelineStopRequested,),
-            shared_slots=shared,
-        )
+        return fanout_for(self, settings or self.concurrency_settings())  # type: ignore[arg-type]
 
     def make_executor(self, settings: FanOutSettings | None = None) -> ConcurrentLLMExecutor:
-        planexe = load_planexe()
-        models = planexe.LLMModelFromName.from_names(list(self.llm_models))  # type: ignore[attr-defined]
-        return ConcurrentLLMExecutor(models, fanout=self.make_fanout(settings), should_stop_callback=self._stop_check)
-
-    def _stop_check(self, check: StopCheck) -> None:
-        """After each attempt: honour a stop another process asked for, then PlanExe's callback."""
-        planexe = load_planexe()
-        flag = self.run_dir / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
-        try:
-            if flag.stat().st_mtime >= PROCESS_STARTED:
-                raise planexe.PipelineStopRequested(f"{self.task_family}: stop flag {flag.name} found")  # type: ignore[attr-defined]
-        except FileNotFoundError:
-            pass
-        callback = getattr(self, "_pipeline_executor_callback", None)
-        if callback is not None:
-            with _callback_lock:
-                callback(self, check.total_duration)
+        return executor_for(self, settings or self.concurrency_settings())  # type: ignore[arg-type]
 
     # -- running a loop -----------------------------------------------------------------
     def _record_cache(self, index: int, item: Item) -> ItemCache[Record]:

@@ -15,7 +15,7 @@ from types import ModuleType
 import luigi
 
 from .assumptions import ConsolidateAssumptionsMarkdownTask
-from .base import ConcurrentTask, check_settings
+from .base import ConcurrentTask, check_settings, create_llm_executor
 from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
 from .experts import ExpertReviewTask
 from .flag_toggle import import_lazy_modules
@@ -43,25 +43,36 @@ CONCURRENT_TASKS: dict[str, type] = {
 }
 
 _ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TASKS}
+_PLANEXE_CREATE_LLM_EXECUTOR = P.PlanTask.__dict__["create_llm_executor"]
 
 
 def enable(module: ModuleType | None = None) -> None:
-    """Rebind PlanExe's task names in ``module`` (default: PlanExe's pipeline) to the concurrent classes."""
+    """Rebind PlanExe's task names in ``module`` (default: PlanExe's pipeline) to the concurrent classes.
+
+    Every other task keeps PlanExe's code, but its ``create_llm_executor()`` now returns a
+    :class:`~pipeline_patches.base.PlainTaskExecutor`: same fallback and stop callback,
+    plus retries of transient errors and the run's shared request budget.
+    """
     module = module or P
     for name, cls in CONCURRENT_TASKS.items():
         setattr(module, name, cls)
+    P.PlanTask.create_llm_executor = create_llm_executor
 
 
 def disable(module: ModuleType | None = None) -> None:
-    """Undo :func:`enable`: PlanExe's own classes again."""
+    """Undo :func:`enable`: PlanExe's own classes and executor again."""
     module = module or P
     for name, cls in _ORIGINALS.items():
         setattr(module, name, cls)
+    P.PlanTask.create_llm_executor = _PLANEXE_CREATE_LLM_EXECUTOR
 
 
 def is_enabled(module: ModuleType | None = None) -> bool:
     module = module or P
-    return all(getattr(module, name) is cls for name, cls in CONCURRENT_TASKS.items())
+    return (
+        all(getattr(module, name) is cls for name, cls in CONCURRENT_TASKS.items())
+        and P.PlanTask.__dict__["create_llm_executor"] is create_llm_executor
+    )
 
 
 class ConcurrentFullPlanPipeline(P.FullPlanPipeline):

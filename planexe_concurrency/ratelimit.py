@@ -17,9 +17,10 @@ import asyncio
 import fcntl
 import os
 import struct
+import threading
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiolimiter import AsyncLimiter
 
@@ -88,3 +89,73 @@ class RequestPacer:
             await self._shared.acquire(self._sleep)
         elif self._limiter is not None:
             await self._limiter.acquire()
+
+
+# -- pacing every request an LLM sends, wherever it is sent from --------------------------
+
+# Wrappers that dispatch a start event of their own and then call the wrapped LLM, which
+# dispatches another: only the inner one is a request.
+_WRAPPER_CLASS_NAMES = frozenset({"structured_llm"})
+
+_pacers: dict[str, Any] = {}
+_pacers_lock = threading.Lock()
+
+
+def pace_llm_requests(slots: SharedSlotFile) -> None:
+    """Make every llama-index LLM request in this process wait for a slot of ``slots`` first.
+
+    The fan-out's own pacer sees one slot per attempt, but an attempt of PlanExe's code may
+    send several requests (a task's ``run_with_llm`` often does). llama-index announces each
+    request with an ``LLMChatStartEvent`` / ``LLMCompletionStartEvent`` in the calling thread,
+    before the request goes out; a handler that sleeps there paces every request, whichever
+    code sent it. Installed once per process and slot file (a forked child inherits it).
+
+    Limits: a provider class whose ``chat`` is built on its own ``complete`` (llama-index's
+    ``CustomLLM``) announces one request twice and is paced twice as strictly; an async call
+    would block its event loop while it waits (PlanExe's calls are synchronous).
+    """
+    key = f"{slots.path.resolve()}@{slots.interval!r}"
+    with _pacers_lock:
+        if key in _pacers:
+            return
+        # One budget per process: a pacer for another file or rate replaces the old one.
+        _remove_pacers()
+        from llama_index.core.instrumentation import get_dispatcher
+        from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+        from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCompletionStartEvent
+
+        class _RequestPacingHandler(BaseEventHandler):
+            @classmethod
+            def class_name(cls) -> str:
+                return "PlanExeConcurrencyRequestPacer"
+
+            def handle(self, event: Any, **kwargs: Any) -> None:
+                if not isinstance(event, (LLMChatStartEvent, LLMCompletionStartEvent)):
+                    return
+                model = getattr(event, "model_dict", None) or {}
+                if model.get("class_name") in _WRAPPER_CLASS_NAMES:
+                    return
+                delay = slots.reserve()
+                if delay > 0:
+                    time.sleep(delay)
+
+        handler = _RequestPacingHandler()
+        get_dispatcher().add_event_handler(handler)
+        _pacers[key] = handler
+
+
+def stop_pacing_llm_requests() -> None:
+    """Remove every handler :func:`pace_llm_requests` installed in this process (tests)."""
+    with _pacers_lock:
+        _remove_pacers()
+
+
+def _remove_pacers() -> None:
+    if not _pacers:
+        return
+    from llama_index.core.instrumentation import get_dispatcher
+
+    root = get_dispatcher()
+    installed = list(_pacers.values())
+    root.event_handlers = [h for h in root.event_handlers if all(h is not p for p in installed)]
+    _pacers.clear()

@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,58 @@ def test_pacer_inactive_without_a_rate() -> None:
         return pacer.active
 
     assert asyncio.run(main()) is False
+
+
+class CountingSlots(SharedSlotFile):
+    __slots__ = ("reserved",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reserved = 0
+
+    def reserve(self) -> float:
+        self.reserved += 1
+        return super().reserve()
+
+
+def test_every_llm_request_waits_for_a_slot_whoever_sends_it(sim_server: Any, tmp_path: Path) -> None:
+    """One slot per HTTP request, structured or plain, from any thread; none once pacing stops."""
+    pytest.importorskip("llama_index.llms.openai_like")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai_like import OpenAILike
+    from pydantic import BaseModel
+
+    from planexe_concurrency.ratelimit import pace_llm_requests, stop_pacing_llm_requests
+    from planexe_concurrency.simllm.server import max_requests_in_window
+
+    class Answer(BaseModel):
+        text: str
+
+    def llm() -> OpenAILike:
+        return OpenAILike(model="simulated", api_base=sim_server.url + "/v1", api_key="x", is_chat_model=True, max_retries=0)
+
+    def ask(i: int) -> None:
+        llm().as_structured_llm(Answer).chat([ChatMessage(role="user", content=f"structured {i}")])
+        llm().chat([ChatMessage(role="user", content=f"plain {i}")])
+
+    slots = CountingSlots(tmp_path / "budget.slots", requests_per_minute=1200)  # one per 0.05 s
+    pace_llm_requests(slots)
+    pace_llm_requests(slots)  # installing twice is one pacer
+    try:
+        ask(-1)  # the client's lazy imports, outside the measured part
+        sim_server.clear_log()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(ask, range(6)))
+        assert slots.reserved == 2 + 12 and len(sim_server.log) == 12
+        assert max_requests_in_window(sim_server.log, 0.25, accepted_only=False) <= 0.25 / 0.05 + 2
+        # a budget for another rate replaces the first pacer rather than adding a second one
+        other = CountingSlots(tmp_path / "budget.slots", requests_per_minute=6000)
+        pace_llm_requests(other)
+        ask(100)
+        assert (slots.reserved, other.reserved) == (14, 2)
+    finally:
+        stop_pacing_llm_requests()
+    ask(101)
+    assert (slots.reserved, other.reserved) == (14, 2)

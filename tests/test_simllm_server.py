@@ -240,8 +240,8 @@ def test_fault_rate_roughly_honoured(sim_server_factory: Factory) -> None:
     assert len(faults) == 200
     rate = sum(f is not None for f in faults) / 200
     assert 0.1 <= rate <= 0.3
-    assert {f for f in faults if f} == {"500", "timeout", "drop", "malformed"}
-    expected = {"500": 500, "timeout": 504, "drop": 0, "malformed": 200, None: 200}
+    assert {f for f in faults if f} == {"500", "timeout", "drop", "malformed", "429"}
+    expected = {"500": 500, "timeout": 504, "drop": 0, "malformed": 200, "429": 429, None: 200}
     assert all(r.status == expected[r.fault] for r in server.log)
 
 
@@ -269,6 +269,9 @@ def test_each_fault_kind(sim_server_factory: Factory) -> None:
     with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
         post(drop.url, "/v1/chat/completions", chat_payload("x"))
     assert drop.log[0].status == 0 and drop.log[0].fault == "drop"
+
+    throttled = post(sim_server_factory(fault_rate=1.0, faults=("429",), fault_retry_after=2).url, "/v1/chat/completions", chat_payload("x"))
+    assert throttled.status == 429 and throttled.headers["retry-after"] == "2"
 
     bad = post(sim_server_factory(fault_rate=1.0, faults=("malformed",)).url, "/v1/chat/completions", chat_payload("x"))
     assert bad.status == 200

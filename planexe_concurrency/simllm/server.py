@@ -36,7 +36,7 @@ __all__ = [
     "peak_in_flight",
 ]
 
-FAULT_KINDS = ("500", "timeout", "drop", "malformed")
+FAULT_KINDS = ("500", "timeout", "drop", "malformed", "429")
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 COMPLETION_PATHS = ("/v1/completions", "/completions")
 MODELS_PATHS = ("/v1/models", "/models")
@@ -68,6 +68,7 @@ class SimServerConfig:
     faults: tuple[str, ...] = FAULT_KINDS
     timeout_seconds: float = 30.0
     timeout_mode: str = "504"  # "504": answer 504 after timeout_seconds; "hang": close without answering
+    fault_retry_after: int = 1  # the Retry-After (seconds) sent with an injected 429
     fail_models: tuple[str, ...] = ()
     seed: int = 0
     time_scale: float = 1.0  # multiplies latency and timeout sleeps
@@ -545,6 +546,11 @@ class SimServer:
         """Sleep as the fault/latency says; return the function that sends the answer."""
         cfg = self.config
         model = rec.model
+        if rec.fault == "429":
+            # A provider-side throttle unrelated to our own pacing (e.g. a shared key): no latency.
+            rec.status = 429
+            headers = {"Retry-After": str(cfg.fault_retry_after), "retry-after-ms": str(int(cfg.fault_retry_after * 1000))}
+            return lambda: h._error(429, "simulated rate limit", "rate_limit_exceeded", headers)
         if rec.fault == "timeout":
             self._sleep(cfg.timeout_seconds * cfg.time_scale)
             if cfg.timeout_mode == "504":

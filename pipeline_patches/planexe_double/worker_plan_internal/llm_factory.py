@@ -4,7 +4,9 @@
   as ``uniform:0.1:0.5``; default 0);
 * ``simulated-fail``: a ``SimulatedLLM`` that always raises (exercises the fallback);
 * ``simulated-http``: llama-index ``OpenAILike`` talking to the simulated HTTP server at
-  ``PLANEXE_SIMLLM_URL`` (imported lazily, so the optional dependency is only needed when used).
+  ``PLANEXE_SIMLLM_URL`` (imported lazily, so the optional dependency is only needed when used);
+* ``simulated-http-broken``: the same, asking for model ``broken`` (start the server with
+  ``fail_models=("broken",)`` for a provider model that always fails).
 
 PlanExe reads its models from ``llm_config.json``; the double has no config file.
 """
@@ -21,8 +23,9 @@ SPECIAL_AUTO_ID = "auto"
 
 LATENCY_ENV = "PLANEXE_SIMLLM_LATENCY"
 URL_ENV = "PLANEXE_SIMLLM_URL"
+TIMEOUT_ENV = "PLANEXE_SIMLLM_TIMEOUT"  # the client's timeout in seconds (default 60)
 
-_NAMES = ("simulated", "simulated-fail", "simulated-http")
+_NAMES = ("simulated", "simulated-fail", "simulated-http", "simulated-http-broken")
 
 
 def get_llm_names_by_priority() -> list[str]:
@@ -51,19 +54,19 @@ def get_llm(llm_name: Optional[str] = None, **kwargs: Any) -> LLM:
         from planexe_concurrency.simllm import SimulatedLLM
 
         return SimulatedLLM(latency=_latency_from_env(), fail=(name == "simulated-fail"), **kwargs)
-    if name == "simulated-http":
+    if name in ("simulated-http", "simulated-http-broken"):
         from llama_index.llms.openai_like import OpenAILike
 
         url = os.environ.get(URL_ENV)
         if not url:
             raise ValueError(f"LLM {name!r} needs {URL_ENV} (the simulated server's base URL)")
         return OpenAILike(
-            model="simulated",
+            model="broken" if name.endswith("-broken") else "simulated",
             api_base=url.rstrip("/") + "/v1",
             api_key="sim",
             is_chat_model=True,
             is_function_calling_model=False,
-            timeout=60,
+            timeout=float(os.environ.get(TIMEOUT_ENV, "60")),
             max_retries=0,
             **kwargs,
         )
