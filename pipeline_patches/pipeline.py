@@ -14,6 +14,9 @@ from types import ModuleType
 
 import luigi
 
+from planexe_concurrency.config import read_config
+from planexe_concurrency.timing import append_task_event
+
 from .assumptions import ConsolidateAssumptionsMarkdownTask
 from .base import ConcurrentTask, check_settings, create_llm_executor
 from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
@@ -85,6 +88,20 @@ class ConcurrentFullPlanPipeline(P.FullPlanPipeline):
 
     run_id_dir = luigi.PathParameter(description="the run directory (with 001-1 start time and 001-2 plan files)")
 
+
+def _record_task_event(event: str):  # type: ignore[no-untyped-def]
+    def on_event(task: luigi.Task, *args: object) -> None:
+        path = read_config().task_events_file
+        if path:
+            append_task_event(path, task, event)
+
+    return on_event
+
+
+# Registered once, at import (so in the parent, before any fork); they write only when
+# ``task_events_file`` is set, in whichever process runs the task.
+for _event, _name in ((luigi.Event.START, "start"), (luigi.Event.SUCCESS, "success"), (luigi.Event.FAILURE, "failure")):
+    luigi.Task.event_handler(_event)(_record_task_event(_name))
 
 enable()
 # `luigi --module pipeline_patches.pipeline ... --workers N` imports this module in the

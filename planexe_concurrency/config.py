@@ -114,6 +114,9 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
         default="", description="file shared by all processes (and hosts on shared storage) that splits the request budget"
     )
     events_file = luigi.Parameter(default="", description="append one JSON line per item state change to this file")
+    task_events_file = luigi.Parameter(
+        default="", description="append one JSON line per Luigi task start/success/failure to this file (any process)"
+    )
     task_overrides = luigi.DictParameter(
         default={}, description='per-task values that win over the global ones, e.g. {"CreateWBSLevel3Task": {"max_parallel": 16}}'
     )

@@ -41,8 +41,25 @@ def _append_line(path: Path, data: dict[str, object]) -> None:
         os.close(fd)
 
 
+def append_task_event(path: str | os.PathLike[str], task: luigi.Task, event: str) -> None:
+    """One line for one Luigi task event; ``ppid`` is the worker process that forked the task's process."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _append_line(
+        target,
+        {
+            "task": task.task_family,
+            "task_id": task.task_id,
+            "event": event,
+            "time": time.time(),
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+        },
+    )
+
+
 def record_task_events(path: str | os.PathLike[str]) -> Callable[[], None]:
-    """Append ``{"task", "task_id", "event", "time", "pid"}`` lines for every Luigi task to ``path``.
+    """Append ``{"task", "task_id", "event", "time", "pid", "ppid"}`` lines for every Luigi task to ``path``.
 
     Call it in the parent before ``luigi.build``; registering the same path twice is a no-op.
     Returns a function that unregisters the handlers again.
@@ -56,10 +73,7 @@ def record_task_events(path: str | os.PathLike[str]) -> Callable[[], None]:
 
     def handler(event: str):  # type: ignore[no-untyped-def]
         def on_event(task: luigi.Task, *args: object) -> None:
-            _append_line(
-                target,
-                {"task": task.task_family, "task_id": task.task_id, "event": event, "time": time.time(), "pid": os.getpid()},
-            )
+            append_task_event(target, task, event)
 
         return on_event
 

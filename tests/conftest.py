@@ -1,6 +1,7 @@
 """Shared fixtures: a clean Luigi configuration per test, run directories, pipeline runs on the double."""
 from __future__ import annotations
 
+import collections
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import luigi.configuration
 import pytest
 
 from planexe_concurrency.config import set_config_values
+from planexe_concurrency.simllm import SimServer, SimServerConfig
 from pipeline_patches.compare import differing_files, plan_files  # noqa: F401 - re-exported for the tests
 
 # The tests always run against our PlanExe double, even where a real PlanExe is importable.
@@ -107,3 +109,31 @@ class PipelineRunner:
 @pytest.fixture
 def run_pipeline(luigi_config: luigi.configuration.LuigiConfigParser) -> PipelineRunner:
     return PipelineRunner(luigi_config)
+
+
+HTTP_REFERENCE_CALLS = "http-reference-calls.txt"
+
+
+def http_reference_calls(reference: Path) -> int:
+    """How many LLM calls the reference run made (each a different question)."""
+    return int((reference.parent / HTTP_REFERENCE_CALLS).read_text())
+
+
+@pytest.fixture(scope="session")
+def http_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PlanExe's own sequential run (FAST) against a fault-free server: what every run must write."""
+    server = SimServer(SimServerConfig()).start()
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setenv("PLANEXE_SIMLLM_URL", server.url)
+        run_dir = write_start_files(tmp_path_factory.mktemp("http-reference"))
+        assert PipelineRunner(luigi.configuration.get_config())(
+            run_dir, concurrent=False, fast=True, llm_models=("simulated-http",)
+        )
+        per_key = collections.Counter(r.key for r in server.log)
+        assert max(per_key.values()) == 1  # every call asks something different: counts per key mean tries
+        (run_dir.parent / HTTP_REFERENCE_CALLS).write_text(str(len(per_key)))
+        return run_dir
+    finally:
+        mp.undo()
+        server.stop()

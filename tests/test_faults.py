@@ -12,8 +12,8 @@ from typing import Any, Callable
 import luigi
 import pytest
 
-from conftest import PipelineRunner, differing_files, write_start_files
-from planexe_concurrency.simllm import SimServer, SimServerConfig
+from conftest import PipelineRunner, differing_files
+from planexe_concurrency.simllm import SimServer
 from planexe_concurrency.simllm.server import max_requests_in_window
 from pipeline_patches.planexe import load_planexe
 
@@ -25,25 +25,6 @@ pe = load_planexe()
 RETRY_ATTEMPTS = 6
 REQUESTS_PER_MINUTE = 1200  # one request every 0.05 s, for the whole run, over every worker
 FAST_RETRIES = dict(retry_attempts=RETRY_ATTEMPTS, retry_backoff_base=0.05, retry_backoff_max=0.5, retry_jitter=0.05)
-
-
-@pytest.fixture(scope="module")
-def http_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """PlanExe's own sequential run (FAST) against a fault-free server: what every run must write."""
-    server = SimServer(SimServerConfig()).start()
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setenv("PLANEXE_SIMLLM_URL", server.url)
-        run_dir = write_start_files(tmp_path_factory.mktemp("http-reference"))
-        assert PipelineRunner(luigi.configuration.get_config())(
-            run_dir, concurrent=False, fast=True, llm_models=("simulated-http",)
-        )
-        per_key = collections.Counter(r.key for r in server.log)
-        assert max(per_key.values()) == 1  # every call asks something different: counts per key mean tries
-        return run_dir
-    finally:
-        mp.undo()
-        server.stop()
 
 
 def _tries_per_call(server: SimServer, model: str = "simulated") -> collections.Counter[str]:

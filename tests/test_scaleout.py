@@ -1,0 +1,131 @@
+"""Real processes on 127.0.0.1: luigid with three worker processes, kill -9 and resume, logs.
+
+Each test drives ``python -m luigi --module pipeline_patches.pipeline ...`` as a user
+would, against the simulated HTTP provider, whose request log says what was asked.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from conftest import differing_files, http_reference_calls
+from planexe_concurrency.events import ItemState, read_events
+from planexe_concurrency.simllm import SimServer
+from pipeline_patches.compare import plan_files
+
+pytest.importorskip("llama_index.llms.openai_like")
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = "FAST_BUT_SKIP_DETAILS"
+
+
+def _env(server: SimServer, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PLANEXE_CONCURRENCY_TARGET"] = "double"
+    env["PLANEXE_SIMLLM_URL"] = server.url
+    env.update(extra)
+    return env
+
+
+def _luigi_cmd(run_dir: Path, *extra: str, speed: str = FAST) -> list[str]:
+    return [
+        sys.executable, "-m", "luigi", "--module", "pipeline_patches.pipeline", "ConcurrentFullPlanPipeline",
+        "--run-id-dir", str(run_dir), "--llm-models", '["simulated-http"]', "--speedvsdetail", speed,
+        "--planexe-concurrency-events-file", str(run_dir / ".planexe_concurrency" / "events.jsonl"),
+        "--planexe-concurrency-task-events-file", str(run_dir / ".planexe_concurrency" / "tasks.jsonl"),
+        *extra,
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def luigid(tmp_path: Path) -> Iterator[int]:
+    """A central scheduler on loopback; yields its port."""
+    port = _free_port()
+    exe = shutil.which("luigid") or str(Path(sys.executable).with_name("luigid"))
+    proc = subprocess.Popen(
+        [exe, "--address", "127.0.0.1", "--port", str(port), "--state-path", str(tmp_path / "state.pickle"),
+         "--logdir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 20
+        while True:
+            assert proc.poll() is None, "luigid exited at start-up"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "luigid did not listen within 20 s"
+                time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _task_lines(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / ".planexe_concurrency" / "tasks.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_three_worker_processes_on_luigid_run_every_task_once(
+    http_reference: Path,
+    sim_server_factory: Callable[..., SimServer],
+    new_run_dir: Callable[[str], Path],
+    luigid: int,
+    tmp_path: Path,
+) -> None:
+    server = sim_server_factory(latency=0.05)
+    run_dir = new_run_dir("luigid3")
+    cmd = _luigi_cmd(
+        run_dir, "--workers", "2", "--no-lock", "--worker-keep-alive", "--worker-wait-interval", "0.1", "--worker-wait-jitter", "0.1",
+        "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid),
+    )
+    # Files, not pipes: a worker blocked on a full pipe would hold its tasks, and keep the others alive.
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    workers = [
+        subprocess.Popen(cmd, env=_env(server), stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        for log in logs
+    ]
+    try:
+        for worker, log in zip(workers, logs):
+            assert worker.wait(timeout=240) == 0, log.read_text()[-3000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+    assert differing_files(http_reference, run_dir) == []
+    lines = _task_lines(run_dir)
+    starts = collections.Counter(x["task_id"] for x in lines if x["event"] == "start")
+    successes = collections.Counter(x["task_id"] for x in lines if x["event"] == "success")
+    assert not [x for x in lines if x["event"] == "failure"]
+    # every task that had work to do ran exactly once, in one of the three worker processes
+    assert set(starts.values()) == {1} and starts == successes
+    assert len(starts) == 61  # 63 tasks; the start-time and plan files were there already
+    runners = {x["ppid"] for x in lines}
+    assert runners <= {w.pid for w in workers} and len(runners) >= 2
+    # and the provider saw every call exactly once (no task, no item asked twice)
+    per_call = collections.Counter(r.key for r in server.log)
+    assert set(per_call.values()) == {1}
+    assert len(per_call) == http_reference_calls(http_reference)
