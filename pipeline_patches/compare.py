@@ -25,12 +25,17 @@ def normalize(text: str) -> str:
     return _GENERATED_ON.sub("Generated on: <time>", text)
 
 
+# What atomic_write_bytes leaves behind when the process dies between write and rename:
+# never read by anyone, so not part of the plan.
+_UNFINISHED_WRITE = re.compile(r"^\..+\.tmp$")
+
+
 def plan_files(run_dir: Path) -> dict[str, bytes]:
-    """Every file of the run except our own state folder."""
+    """Every file of the run except our own state folder and unfinished temporary files."""
     return {
         str(p.relative_to(run_dir)): p.read_bytes()
         for p in sorted(run_dir.rglob("*"))
-        if p.is_file() and STATE_DIR not in p.relative_to(run_dir).parts
+        if p.is_file() and STATE_DIR not in p.relative_to(run_dir).parts and not _UNFINISHED_WRITE.match(p.name)
     }
 
 

@@ -129,3 +129,57 @@ def test_three_worker_processes_on_luigid_run_every_task_once(
     per_call = collections.Counter(r.key for r in server.log)
     assert set(per_call.values()) == {1}
     assert len(per_call) == http_reference_calls(http_reference)
+
+
+def _whole_or_absent(run_dir: Path, reference: Path) -> list[str]:
+    """Files of an interrupted run that are not exactly the finished run's file (the double is deterministic)."""
+    ours, full = plan_files(run_dir), plan_files(reference)
+    return [name for name, data in ours.items() if full.get(name) != data]
+
+
+def test_kill_9_in_the_middle_of_wbs_level3_then_rerun(
+    http_reference: Path, sim_server_factory: Callable[..., SimServer], new_run_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    server = sim_server_factory(latency=0.2)
+    run_dir = new_run_dir("crash")
+    first_item = run_dir / "023-1-1-wbs_level3_raw.json"
+    merged = run_dir / "023-2-wbs_level3.json"
+    # One WBS level-3 item at a time, so the kill lands between the first item and the second.
+    cmd = _luigi_cmd(
+        run_dir, "--workers", "2", "--local-scheduler",
+        "--planexe-concurrency-task-overrides", '{"CreateWBSLevel3Task": {"max_parallel": 1}}',
+    )
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen(cmd, env=_env(server), stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not first_item.exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "CreateWBSLevel3Task never wrote its first item"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker and every process it forked
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert not merged.exists(), "the kill came too late to land inside the fan-out"
+    time.sleep(0.5)  # let the server finish (and log) what was in flight
+    asked_before = {r.key for r in server.log if r.status == 200}
+    n_before = len(server.log)
+    assert _whole_or_absent(run_dir, http_reference) == []  # nothing half-written
+
+    events = run_dir / ".planexe_concurrency" / "events.jsonl"
+    events.rename(run_dir / ".planexe_concurrency" / "events-first.jsonl")
+    rerun = subprocess.run(cmd, env=_env(server), capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert differing_files(http_reference, run_dir) == []
+
+    # The item whose raw file was complete came from its record, not from the provider.
+    wbs3 = [e for e in read_events(events) if e.task == "CreateWBSLevel3Task"]
+    assert [e.item for e in wbs3 if e.state is ItemState.RUNNING] == [1]
+    assert [e.item for e in wbs3 if e.cached] == [0]
+    # Only what was in flight at the kill (the second item, and at most one call of the
+    # other worker) was asked again; every call of the plan was asked at least once.
+    asked_after = [r.key for r in server.log[n_before:]]
+    assert len(set(asked_after) & asked_before) <= 2
+    assert len(asked_before | set(asked_after)) == http_reference_calls(http_reference)
