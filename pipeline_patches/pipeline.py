@@ -10,11 +10,15 @@ picks the concurrent classes.
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import luigi
+from luigi.cmdline_parser import CmdlineParser
 
-from planexe_concurrency.config import read_config
+from planexe_concurrency.config import ConfigError, read_config
 from planexe_concurrency.timing import append_task_event
 
 from .assumptions import ConsolidateAssumptionsMarkdownTask
@@ -24,6 +28,7 @@ from .experts import ExpertReviewTask
 from .flag_toggle import import_lazy_modules
 from .governance import GovernancePhase5MonitoringProgressTask, GovernancePhase6ExtraTask
 from .planexe import load_planexe
+from .rundir import RunDirError, check_run_dir
 from .wbs import CreateWBSLevel3Task, EstimateTaskDurationsTask
 
 logger = logging.getLogger("planexe_concurrency")
@@ -87,6 +92,27 @@ class ConcurrentFullPlanPipeline(P.FullPlanPipeline):
     """
 
     run_id_dir = luigi.PathParameter(description="the run directory (with 001-1 start time and 001-2 plan files)")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_before_start(Path(self.run_id_dir))
+
+
+def check_before_start(run_dir: Path) -> None:
+    """Settings and run directory, checked before Luigi schedules anything.
+
+    Under Luigi's own command line (``luigi --module pipeline_patches.pipeline ...``) a bad
+    one ends the command with one line on stderr and exit status 2, as our CLI does; in code
+    (``luigi.build``) it raises ConfigError / RunDirError to the caller.
+    """
+    try:
+        check_settings()
+        check_run_dir(run_dir)
+    except (ConfigError, RunDirError) as exc:
+        if CmdlineParser.get_instance() is None:
+            raise
+        print(f"planexe-concurrency: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _record_task_event(event: str):  # type: ignore[no-untyped-def]

@@ -51,6 +51,25 @@ def _plan_text(prompt: str, start: datetime) -> str:
         return prompt
 
 
+def check_run_dir(run_dir: Path) -> Path:
+    """An existing run directory with both start files, the start time parseable; writes nothing."""
+    planexe = load_planexe()
+    start_name = planexe.FilenameEnum.START_TIME.value
+    plan_name = planexe.FilenameEnum.INITIAL_PLAN.value
+    if not run_dir.exists():
+        raise RunDirError(f"run directory {run_dir} does not exist (create it with {start_name} and {plan_name} first)")
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} exists and is not a directory")
+    for name in (start_name, plan_name):
+        if not (run_dir / name).is_file():
+            raise RunDirError(f"run directory {run_dir} is malformed: {name} is missing")
+    try:
+        json.loads((run_dir / start_name).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise RunDirError(f"run directory {run_dir} is malformed: {start_name} is not JSON ({exc})") from exc
+    return run_dir
+
+
 def prepare_run_dir(run_dir: Path, prompt: str | None, start: datetime | None = None) -> Path:
     """Make ``run_dir`` ready: new (with a prompt) or existing with both start files (resume)."""
     planexe = load_planexe()
@@ -61,13 +80,7 @@ def prepare_run_dir(run_dir: Path, prompt: str | None, start: datetime | None = 
     has_start = (run_dir / start_name).is_file()
     has_plan = (run_dir / plan_name).is_file()
     if run_dir.exists() and (has_start or has_plan):
-        if not (has_start and has_plan):
-            missing = plan_name if has_start else start_name
-            raise RunDirError(f"run directory {run_dir} is malformed: {missing} is missing")
-        try:
-            json.loads((run_dir / start_name).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise RunDirError(f"run directory {run_dir} is malformed: {start_name} is not JSON ({exc})") from exc
+        check_run_dir(run_dir)
         if prompt is not None:
             raise RunDirError(f"run directory {run_dir} already holds a plan; leave out the prompt to resume it")
         return run_dir

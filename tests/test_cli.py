@@ -67,12 +67,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     (broken / "001-2-plan.txt").write_text(PLAN_PROMPT)
     done = write_start_files(tmp_path / "done")
     (tmp_path / "file").write_text("x")
-    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    def snapshot() -> dict[str, bytes | None]:
+        return {str(p): (p.read_bytes() if p.is_file() else None) for p in sorted(tmp_path.rglob("*"))}
+
+    before = snapshot()
     args = [a.format(busy=busy, half=half, broken=broken, done=done, file=tmp_path / "file") for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("planexe-concurrency: error: ") and message in err[-1]
-    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+    assert len(err) == 1 and err[0].startswith("planexe-concurrency: error: ") and message in err[0]
+    assert snapshot() == before
 
 
 def test_bad_setting_is_refused_before_anything_runs(tmp_path: Path, luigi_config, capsys: pytest.CaptureFixture[str]) -> None:

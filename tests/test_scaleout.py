@@ -32,18 +32,19 @@ REPO = Path(__file__).resolve().parent.parent
 FAST = "FAST_BUT_SKIP_DETAILS"
 
 
-def _env(server: SimServer, **extra: str) -> dict[str, str]:
+def _env(server: SimServer | None, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PLANEXE_CONCURRENCY_TARGET"] = "double"
-    env["PLANEXE_SIMLLM_URL"] = server.url
+    if server is not None:
+        env["PLANEXE_SIMLLM_URL"] = server.url
     env.update(extra)
     return env
 
 
-def _luigi_cmd(run_dir: Path, *extra: str, speed: str = FAST) -> list[str]:
+def _luigi_cmd(run_dir: Path, *extra: str, speed: str = FAST, task: str = "ConcurrentFullPlanPipeline") -> list[str]:
     return [
-        sys.executable, "-m", "luigi", "--module", "pipeline_patches.pipeline", "ConcurrentFullPlanPipeline",
+        sys.executable, "-m", "luigi", "--module", "pipeline_patches.pipeline", task,
         "--run-id-dir", str(run_dir), "--llm-models", '["simulated-http"]', "--speedvsdetail", speed,
         "--planexe-concurrency-events-file", str(run_dir / ".planexe_concurrency" / "events.jsonl"),
         "--planexe-concurrency-task-events-file", str(run_dir / ".planexe_concurrency" / "tasks.jsonl"),
@@ -183,3 +184,79 @@ def test_kill_9_in_the_middle_of_wbs_level3_then_rerun(
     asked_after = [r.key for r in server.log[n_before:]]
     assert len(set(asked_after) & asked_before) <= 2
     assert len(asked_before | set(asked_after)) == http_reference_calls(http_reference)
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(
+    "case,extra,message",
+    [
+        ("settings", ["--planexe-concurrency-max-parallel", "99"], "max_parallel = 99 is not allowed: expected an integer in 1..32"),
+        ("overrides", ["--planexe-concurrency-task-overrides", '{"NoSuchTask": {"max_parallel": 2}}'],
+         "task_overrides names an unknown task 'NoSuchTask'"),
+        ("missing", [], "does not exist"),
+        ("malformed", [], "001-1-start_time.json is not JSON"),
+    ],
+)
+def test_bad_input_on_the_luigi_command_line_is_one_line_and_changes_nothing(
+    new_run_dir: Callable[[str], Path], tmp_path: Path, case: str, extra: list[str], message: str
+) -> None:
+    run_dir = new_run_dir("run") if case != "missing" else tmp_path / "no-such-run"
+    if case == "malformed":
+        (run_dir / "001-1-start_time.json").write_text("{")
+    before = _snapshot(tmp_path)
+    proc = subprocess.run(
+        [*_luigi_cmd(run_dir, "--local-scheduler"), *extra], env=_env(None, PYTHONWARNINGS="ignore"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("planexe-concurrency: error: ") and message in lines[0]
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_corrupt_per_item_raw_file_is_redone_not_trusted(
+    http_reference: Path,
+    sim_server_factory: Callable[..., SimServer],
+    tmp_path: Path,
+    luigi_config: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A raw file cut short with no record (e.g. left by PlanExe's own run) is asked again;
+    one cut short next to a good record is rewritten from the record, without a request."""
+    import luigi
+
+    from conftest import set_concurrency
+    from pipeline_patches import pipeline as patches
+
+    server = sim_server_factory()
+    monkeypatch.setenv("PLANEXE_SIMLLM_URL", server.url)
+    run_dir = tmp_path / "corrupt"
+    shutil.copytree(http_reference, run_dir)
+    events = run_dir / ".planexe_concurrency" / "events.jsonl"
+    set_concurrency(luigi_config, events_file=str(events))
+    task = patches.CreateWBSLevel3Task(
+        run_id_dir=run_dir, llm_models=["simulated-http"], speedvsdetail=patches.pe.SpeedVsDetailEnum.FAST_BUT_SKIP_DETAILS
+    )
+    first, second = run_dir / "023-1-1-wbs_level3_raw.json", run_dir / "023-1-2-wbs_level3_raw.json"
+    whole = {first: first.read_text(), second: second.read_text()}
+    # PlanExe's raw files alone are not trusted: our task asks both items and leaves records
+    task.output().remove()
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    assert len(server.log) == 2
+    task.output().remove()
+    (run_dir / ".planexe_concurrency" / "items" / f"{first.name}.record").unlink()
+    for path in (first, second):
+        path.write_text(whole[path][: len(whole[path]) // 2])
+    server.clear_log()
+    events.unlink()
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    assert len(server.log) == 1  # only the item without a record was asked again
+    wbs3 = read_events(events)
+    assert [e.item for e in wbs3 if e.state is ItemState.RUNNING] == [0]
+    assert [e.item for e in wbs3 if e.cached] == [1]
+    assert {path: path.read_text() for path in whole} == whole
+    assert differing_files(http_reference, run_dir) == []
