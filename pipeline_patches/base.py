@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 import luigi
 
 from planexe_concurrency.config import FanOutSettings, read_config, settings_from_config, task_value, validate
-from planexe_concurrency.events import default_listeners
-from planexe_concurrency.fanout import FanOut, FanOutError, ItemFailedError
+from planexe_concurrency.events import default_listeners, one_line
+from planexe_concurrency.fanout import FanOut, FanOutError, ItemFailedError, ItemFailure
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
 from planexe_concurrency.ratelimit import SharedSlotFile, pace_llm_requests, stop_pacing_llm_requests
 from planexe_concurrency.resume import ItemCache, atomic_write_text, json_text
@@ -261,13 +261,20 @@ class ConcurrentTask:
                 [item.call for item in items], caches=caches, labels=[item.label for item in items]
             )
         except ItemFailedError as exc:
-            logger.error("task=%s item=%d failed: %s", self.task_family, exc.index + 1, exc)  # type: ignore[attr-defined]
+            self._log_failures([exc.failure], len(items))
             raise ValueError(failure_message(exc.index)) from exc.__cause__
         except FanOutError as exc:
-            logger.error("%s", exc)
+            self._log_failures(exc.failures, len(items))
             if tolerate_failures:
                 return exc.results
             raise ValueError(failure_message(exc.failures[0].index)) from exc
+
+    def _log_failures(self, failures: Sequence[ItemFailure], total: int) -> None:
+        for failure in failures:
+            logger.error(
+                "task=%s item=%d/%d failed: %s: %s",
+                self.task_family, failure.index + 1, total, type(failure.error).__name__, one_line(failure.error),  # type: ignore[attr-defined]
+            )
 
     def write_output(self, path: str | Path, text: str) -> None:
         """PlanExe's final files, written atomically so a crash never leaves half a file that Luigi trusts."""

@@ -129,6 +129,26 @@ def _record_task_event(event: str):  # type: ignore[no-untyped-def]
 for _event, _name in ((luigi.Event.START, "start"), (luigi.Event.SUCCESS, "success"), (luigi.Event.FAILURE, "failure")):
     luigi.Task.event_handler(_event)(_record_task_event(_name))
 
+
+@luigi.Task.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)
+def _show_our_logs_where_luigi_shows_its_own(*_args: object) -> None:
+    """Under ``luigi --module ...`` our log lines go where Luigi's go, at Luigi's level.
+
+    Luigi's default logging set-up (no logging_conf_file) gives a handler to its own
+    ``luigi-interface`` logger only: with no root handler, our INFO lines would be dropped
+    and our warnings printed bare by ``logging.lastResort``. This runs in the parent while
+    Luigi schedules, after its logging set-up and before it forks; where the application
+    configured logging (a root handler, as PlanExe does) it changes nothing.
+    """
+    ours = logging.getLogger("planexe_concurrency")
+    if ours.handlers or logging.getLogger().handlers:
+        return
+    theirs = logging.getLogger("luigi-interface")
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    if theirs.handlers:
+        ours.setLevel(theirs.getEffectiveLevel())
+
 enable()
 # `luigi --module pipeline_patches.pipeline ... --workers N` imports this module in the
 # parent, before it forks a process per task: pay the LLM client's lazy imports once here.

@@ -57,6 +57,11 @@ class Listener(Protocol):
     def __call__(self, event: ItemEvent) -> None: ...
 
 
+def one_line(value: object) -> str:
+    """``str(value)`` on one line, so a log line never spills onto lines that name no task or item."""
+    return " | ".join(part.strip() for part in str(value).splitlines() if part.strip())
+
+
 def make_event(task: str, item: int, total: int, state: ItemState, **kwargs: Any) -> ItemEvent:
     return ItemEvent(task=task, item=item, total=total, state=state, time=time.time(), pid=os.getpid(), **kwargs)
 
@@ -80,8 +85,11 @@ class EventBus:
         for listener in listeners:
             try:
                 listener(event)
-            except Exception:  # a broken progress bar must not fail an LLM run
-                logger.exception("event listener %r failed on %s", listener, event)
+            except Exception as exc:  # a broken progress bar must not fail an LLM run
+                logger.error(
+                    "task=%s item=%d/%d event listener %r failed: %s",
+                    event.task, event.item + 1, event.total, listener, one_line(repr(exc)),
+                )
 
 
 class JsonlEventLog:
@@ -142,7 +150,7 @@ class LoggingListener:
         if event.cached:
             extra.append("cached=true")
         if event.error:
-            extra.append(f"error={event.error}")
+            extra.append(f"error={one_line(event.error)}")
         self.log.log(
             level,
             "task=%s item=%d/%d state=%s %s",

@@ -229,7 +229,8 @@ class _Run:
         started = time.perf_counter()
         ctx = ItemContext(self, index, label)
         if cache is not None:
-            found, value = await self.loop.run_in_executor(self.pool, cache.get)
+            who = f"task={self.fan.task} item={index + 1}/{self.total}"
+            found, value = await self.loop.run_in_executor(self.pool, cache.get, who)
             if found:
                 self.emit(index, ItemState.COMPLETED, label=label, cached=True, duration=time.perf_counter() - started)
                 return value  # type: ignore[return-value]

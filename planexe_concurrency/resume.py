@@ -62,13 +62,15 @@ class ItemCache(Generic[R]):
     dump: Callable[[R], str]
     after_put: Callable[[R], None] | None = None
 
-    def get(self) -> tuple[bool, R | None]:
+    def get(self, who: str = "resume:") -> tuple[bool, R | None]:
+        """``(True, value)`` for a file that loads; ``who`` starts the warning otherwise (e.g. ``task=X item=2/5``)."""
         if not self.path.exists():
             return False, None
         try:
             return True, self.load(self.path)
         except Exception as exc:
-            logger.warning("resume: %s exists but cannot be used (%s); the item will be run again", self.path, exc)
+            reason = " | ".join(str(exc).splitlines())
+            logger.warning("%s %s exists but cannot be used (%s); the item will be run again", who, self.path, reason)
             return False, None
 
     def put(self, value: R) -> None:

@@ -260,3 +260,36 @@ def test_a_corrupt_per_item_raw_file_is_redone_not_trusted(
     assert [e.item for e in wbs3 if e.cached] == [1]
     assert {path: path.read_text() for path in whole} == whole
     assert differing_files(http_reference, run_dir) == []
+
+
+FAN_OUT_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR): task=(\w+) item=(\d+)(/\d+)? ")
+
+
+def test_every_fan_out_log_line_names_task_and_item_and_none_is_lost_or_torn(
+    sim_server_factory: Callable[..., SimServer], new_run_dir: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Four forked workers log to one stderr; each record must arrive whole, on its own line."""
+    server = sim_server_factory(latency=0.02, fault_rate=0.1, faults=("500",), seed=5)
+    run_dir = new_run_dir("logs")
+    log = tmp_path / "stderr.log"
+    cmd = _luigi_cmd(
+        run_dir, "--workers", "4", "--local-scheduler", "--planexe-concurrency-retry-backoff-base", "0.01",
+        "--planexe-concurrency-retry-jitter", "0.01", "--planexe-concurrency-retry-attempts", "8", speed="ALL_DETAILS_BUT_SLOW",
+    )
+    proc = subprocess.run(cmd, env=_env(server), stdout=subprocess.DEVNULL, stderr=log.open("w"), timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0 and (run_dir / "999-pipeline_complete.txt").exists(), text[-3000:]
+
+    ours = [line for line in text.splitlines() if "task=" in line]
+    torn = [line for line in ours if not FAN_OUT_LINE.match(line) or line.count("task=") != 1]
+    assert torn == []
+    events = read_events(run_dir / ".planexe_concurrency" / "events.jsonl")
+    logged: collections.Counter[tuple[str, int, str]] = collections.Counter()
+    for line in ours:
+        match, state = FAN_OUT_LINE.match(line), re.search(r" state=(\w+)", line)
+        if match and state:
+            logged[(match.group(2), int(match.group(3)), state.group(1))] += 1
+    expected = collections.Counter((e.task, e.item + 1, e.state.value) for e in events)  # Luigi logs at DEBUG
+    assert logged == expected  # not one line lost, however many processes wrote at once
+    assert sum(1 for line in ours if "transient error, retrying" in line) >= 3  # the retries are in the log too
+    assert len({e.task for e in events}) == 6  # all six fan-out tasks of this double run
