@@ -274,9 +274,16 @@ class _Run:
                         raise exc
                     failures.append(ItemFailure(index_of[t], labels[index_of[t]], exc))
                 if failures and fail_fast:
-                    await self._cancel(pending)
+                    # Report the failure a sequential loop would have hit first: items after
+                    # the lowest failed one are cancelled, items before it may still finish
+                    # (they are in flight already; a thread cannot be interrupted anyway).
                     first = min(failures, key=lambda f: f.index)
-                    raise ItemFailedError(self.fan.task, first) from first.error
+                    later = {t for t in pending if index_of[t] > first.index}
+                    await self._cancel(later)
+                    pending -= later
+            if failures and fail_fast:
+                first = min(failures, key=lambda f: f.index)
+                raise ItemFailedError(self.fan.task, first) from first.error
         except asyncio.CancelledError:
             await self._cancel(pending)
             raise

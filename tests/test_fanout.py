@@ -99,6 +99,29 @@ def test_empty_input_and_length_mismatch() -> None:
         fan.map([lambda: 1], caches=[])
 
 
+def test_fail_fast_reports_the_failure_a_sequential_loop_meets_first() -> None:
+    """Item 3 fails at once, item 1 a moment later: the error is item 1's, as in PlanExe's loop."""
+
+    def item(i: int) -> Callable[[], int]:
+        def fn() -> int:
+            if i in (0, 2):
+                time.sleep(0.1 if i == 0 else 0.0)
+                raise ValueError(f"boom {i}")
+            time.sleep(0.3)
+            return i
+
+        return fn
+
+    events: list[ItemEvent] = []
+    fan = FanOut(settings(max_parallel=4), task="Docs", listeners=[events.append])
+    with pytest.raises(ItemFailedError) as info:
+        fan.map([item(i) for i in range(4)])
+    assert info.value.index == 0 and str(info.value.__cause__) == "boom 0"
+    # item 4 was cancelled when item 3 failed, item 2 when item 1 did; item 1 was let finish
+    assert {e.item for e in events if e.state is ItemState.CANCELLED} == {1, 3}
+    assert [e.item for e in events if e.state is ItemState.FAILED] == [2, 0]
+
+
 def test_fail_fast_cancels_pending_and_names_the_item() -> None:
     started: list[int] = []
     lock = threading.Lock()
