@@ -112,41 +112,6 @@ def test_luigi_command_line_with_several_workers(reference: Path, new_run_dir: C
     assert (run_dir / ".planexe_concurrency" / "items").is_dir()
 
 
-@pytest.mark.slow
-def test_luigi_command_line_against_luigid(reference: Path, new_run_dir: Callable[[str], Path], tmp_path: Path) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    luigid = subprocess.Popen(
-        [shutil.which("luigid") or str(Path(sys.executable).with_name("luigid")), "--address", "127.0.0.1", "--port", str(port),
-         "--state-path", str(tmp_path / "state.pickle"), "--logdir", str(tmp_path)],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            assert luigid.poll() is None, "luigid exited at start-up"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        run_dir = new_run_dir("luigid")
-        cmd = [
-            sys.executable, "-m", "luigi", "--module", "pipeline_patches.pipeline", "ConcurrentFullPlanPipeline",
-            "--run-id-dir", str(run_dir), "--llm-models", '["simulated"]', "--workers", "2",
-            "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port),
-        ]
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert differing_files(reference, run_dir) == []
-    finally:
-        luigid.terminate()
-        luigid.wait(10)
-
-
 class FileProgress:
     """A PlanExe-style progress/stop callback whose state lives on disk, as it must across forks."""
 

@@ -190,31 +190,37 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
-@pytest.mark.parametrize(
-    "case,extra,message",
-    [
-        ("settings", ["--planexe-concurrency-max-parallel", "99"], "max_parallel = 99 is not allowed: expected an integer in 1..32"),
-        ("overrides", ["--planexe-concurrency-task-overrides", '{"NoSuchTask": {"max_parallel": 2}}'],
-         "task_overrides names an unknown task 'NoSuchTask'"),
-        ("missing", [], "does not exist"),
-        ("malformed", [], "001-1-start_time.json is not JSON"),
-    ],
-)
+BAD_INPUTS = {
+    "settings": (["--planexe-concurrency-max-parallel", "99"], "max_parallel = 99 is not allowed: expected an integer in 1..32"),
+    "overrides": (["--planexe-concurrency-task-overrides", '{"NoSuchTask": {"max_parallel": 2}}'],
+                  "task_overrides names an unknown task 'NoSuchTask'"),
+    "missing": ([], "does not exist"),
+    "malformed": ([], "001-1-start_time.json is not JSON"),
+}
+
+
 def test_bad_input_on_the_luigi_command_line_is_one_line_and_changes_nothing(
-    new_run_dir: Callable[[str], Path], tmp_path: Path, case: str, extra: list[str], message: str
+    new_run_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    run_dir = new_run_dir("run") if case != "missing" else tmp_path / "no-such-run"
-    if case == "malformed":
-        (run_dir / "001-1-start_time.json").write_text("{")
+    """Invalid settings, an unknown task in the overrides, a missing or malformed run directory."""
+    runs = {}
+    for case, (extra, _) in BAD_INPUTS.items():
+        run_dir = new_run_dir(case) if case != "missing" else tmp_path / "no-such-run"
+        if case == "malformed":
+            (run_dir / "001-1-start_time.json").write_text("{")
+        runs[case] = [*_luigi_cmd(run_dir, "--local-scheduler"), *extra]
     before = _snapshot(tmp_path)
-    proc = subprocess.run(
-        [*_luigi_cmd(run_dir, "--local-scheduler"), *extra], env=_env(None, PYTHONWARNINGS="ignore"),
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("planexe-concurrency: error: ") and message in lines[0]
+    procs = {  # side by side: each one is a fresh interpreter importing Luigi and the double
+        case: subprocess.Popen(cmd, env=_env(None, PYTHONWARNINGS="ignore"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        for case, cmd in runs.items()
+    }
+    for case, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (case, err[-3000:])
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, (case, err)
+        assert lines[0].startswith("planexe-concurrency: error: ") and BAD_INPUTS[case][1] in lines[0], case
     assert _snapshot(tmp_path) == before
 
 
