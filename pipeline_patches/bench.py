@@ -47,6 +47,7 @@ FANOUT_SEQUENTIAL_PREFIX = {
     "ExpertReviewTask": 2,
     "EstimateTaskDurationsTask": 0,
     "CreateWBSLevel3Task": 0,
+    "PremiseAttackTask": 0,
 }
 
 START_TIME = '{\n  "server_iso_utc": "2026-01-05T09:30:00Z",\n  "server_iso_local": "2026-01-05T10:30:00+01:00",\n  "server_timezone_name": "CET"\n}'

@@ -22,6 +22,7 @@ from planexe_concurrency.config import ConfigError, read_config
 from planexe_concurrency.timing import append_task_event
 
 from .assumptions import ConsolidateAssumptionsMarkdownTask
+from .diagnostics import PremiseAttackTask
 from .base import ConcurrentTask, check_settings, create_llm_executor
 from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
 from .experts import ExpertReviewTask
@@ -45,6 +46,7 @@ CONCURRENT_TASKS: dict[str, type] = {
         ExpertReviewTask,
         EstimateTaskDurationsTask,
         CreateWBSLevel3Task,
+        PremiseAttackTask,
         GovernancePhase5MonitoringProgressTask,
         GovernancePhase6ExtraTask,
     )

@@ -277,3 +277,41 @@ def test_consolidate_assumptions_carries_on_past_failed_items_like_planexe(refer
         outputs[name] = {k: Path(t.path).read_bytes() for k, t in task.output().items()}
     assert outputs["ours"] == outputs["planexe"]
     assert outputs["ours"]["short"].count(b"Error shortening markdown file.") == 8
+
+
+def test_premise_attack_asks_its_five_lenses_at_once_and_writes_planexes_files(
+    reference: Path, tmp_path: Path, luigi_config: Any
+) -> None:
+    run_dir = _copy_run(reference, tmp_path / "premise")
+    events_file = tmp_path / "events.jsonl"
+    set_concurrency(luigi_config, events_file=str(events_file), max_parallel=8)
+    task = patches.PremiseAttackTask(run_id_dir=run_dir, llm_models=["simulated"])
+    for target in task.output().values():
+        target.remove()
+    latency = os.environ.get("PLANEXE_SIMLLM_LATENCY")
+    os.environ["PLANEXE_SIMLLM_LATENCY"] = "0.2"
+    try:
+        assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    finally:
+        if latency is None:
+            os.environ.pop("PLANEXE_SIMLLM_LATENCY")
+        else:
+            os.environ["PLANEXE_SIMLLM_LATENCY"] = latency
+    assert differing_files(reference, run_dir) == []
+    events = read_events(events_file)
+    running = sorted(e.time for e in events if e.state is ItemState.RUNNING)
+    assert len(running) == 5
+    assert running[-1] - running[0] < 0.2  # all five in flight together, not one after another
+
+
+def test_premise_attack_skips_failed_lenses_like_planexe(reference: Path, tmp_path: Path) -> None:
+    outputs = {}
+    for name, cls in (("ours", patches.PremiseAttackTask), ("planexe", patches._ORIGINALS["PremiseAttackTask"])):
+        run_dir = _copy_run(reference, tmp_path / name)
+        task = cls(run_id_dir=run_dir, llm_models=["simulated-fail"])
+        for target in task.output().values():
+            target.remove()
+        task.run()
+        outputs[name] = {k: Path(t.path).read_bytes() for k, t in task.output().items()}
+    assert outputs["ours"] == outputs["planexe"]
+    assert b'"response_list": []' in outputs["ours"]["raw"]
