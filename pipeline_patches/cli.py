@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--failure-mode", choices=("fail_fast", "continue_on_error"))
     run.add_argument("--requests-per-minute", type=_nonnegative_float, help="request budget (0 = none)")
     run.add_argument("--governance-parallel", action="store_true", help="governance phases 4-6 side by side (changes their prompts)")
+    run.add_argument("--fidelity", choices=("exact", "relaxed"), help="relaxed: chained loops side by side (changes answers; docs/relaxed.md)")
+    run.add_argument("--relaxed-reconcile", choices=("none", "questions"), help="relaxed: let each question see the earlier questions")
     run.add_argument("--llm", action="append", help="LLM name from PlanExe's llm_config (repeat for fallback order)")
     run.add_argument("--latency", type=_nonnegative_float, default=0.05, help="seconds per call of the built-in simulated LLM")
     run.add_argument("--sequential", action="store_true", help="PlanExe's own tasks and one worker (the 'before')")
@@ -115,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "failure_mode": args.failure_mode,
             "requests_per_minute": args.requests_per_minute,
             "governance_parallel": True if args.governance_parallel else None,
+            "fidelity": args.fidelity,
+            "relaxed_reconcile": args.relaxed_reconcile,
         }
     )
     from . import pipeline as patches

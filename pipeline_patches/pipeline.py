@@ -29,6 +29,7 @@ from .experts import ExpertReviewTask
 from .flag_toggle import import_lazy_modules
 from .governance import GovernancePhase5MonitoringProgressTask, GovernancePhase6ExtraTask
 from .planexe import load_planexe
+from .relaxed import PremortemTask, QuestionsAndAnswersTask, ReviewPlanTask, SelfAuditTask
 from .rundir import RunDirError, check_run_dir
 from .wbs import CreateWBSLevel3Task, EstimateTaskDurationsTask
 
@@ -47,6 +48,10 @@ CONCURRENT_TASKS: dict[str, type] = {
         EstimateTaskDurationsTask,
         CreateWBSLevel3Task,
         PremiseAttackTask,
+        ReviewPlanTask,
+        QuestionsAndAnswersTask,
+        PremortemTask,
+        SelfAuditTask,
         GovernancePhase5MonitoringProgressTask,
         GovernancePhase6ExtraTask,
     )

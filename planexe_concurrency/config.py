@@ -31,6 +31,7 @@ import luigi
 FailureMode = Literal["fail_fast", "continue_on_error"]
 FAILURE_MODES: tuple[str, ...] = ("fail_fast", "continue_on_error")
 FIDELITY_MODES: tuple[str, ...] = ("exact", "relaxed")
+RECONCILE_MODES: tuple[str, ...] = ("none", "questions")
 
 SECTION = "planexe_concurrency"
 
@@ -90,6 +91,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retry_backoff_max": _float_range(0, 3600),
     "retry_jitter": _float_range(0, 600),
     "fidelity": _choice(FIDELITY_MODES),
+    "relaxed_reconcile": _choice(RECONCILE_MODES),
 }
 OVERRIDABLE: frozenset[str] = frozenset(RULES)
 
@@ -107,6 +109,9 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
     retry_backoff_max = luigi.FloatParameter(default=30.0, description="largest backoff in seconds")
     retry_jitter = luigi.FloatParameter(default=1.0, description="random seconds added to each backoff")
     fidelity = luigi.Parameter(default="exact", description="exact: outputs byte-identical to PlanExe; relaxed: opt-in")
+    relaxed_reconcile = luigi.Parameter(
+        default="none", description="relaxed mode: none (each question alone) | questions (earlier questions, not answers)"
+    )
     governance_parallel = luigi.BoolParameter(
         default=False, description="run governance phases 4-6 side by side after phase 3 (changes their prompts)"
     )
