@@ -13,7 +13,7 @@ from typing import Any
 
 import luigi
 
-from planexe_concurrency.config import read_config
+from planexe_concurrency.config import read_config, task_value
 from planexe_concurrency.resume import atomic_write_text
 
 from .base import ConcurrentTask
@@ -27,9 +27,10 @@ PHASE5 = "governance_phase5_monitoring_progress"
 PLACEHOLDER_JSON = "{}"
 
 
-def governance_parallel() -> bool:
+def governance_parallel(task: str | None = None) -> bool:
+    """On with ``governance_parallel``, or with ``fidelity = relaxed`` for this task (globally or in task_overrides)."""
     cfg = read_config()
-    return bool(cfg.governance_parallel) or cfg.fidelity == "relaxed"
+    return bool(cfg.governance_parallel) or task_value(cfg, "fidelity", task) == "relaxed"
 
 
 class _SideBySide(ConcurrentTask):
@@ -39,13 +40,13 @@ class _SideBySide(ConcurrentTask):
 
     def requires(self) -> Any:
         deps = super().requires()  # type: ignore[misc]
-        if governance_parallel():
+        if governance_parallel(self.task_family):  # type: ignore[attr-defined]
             deps = {key: task for key, task in deps.items() if key not in self.dropped}
         return deps
 
     def input(self) -> Any:
         inputs = super().input()  # type: ignore[misc]
-        if governance_parallel():
+        if governance_parallel(self.task_family):  # type: ignore[attr-defined]
             for key in self.dropped:
                 inputs[key] = self._placeholder(key)
         return inputs

@@ -114,3 +114,11 @@ def test_bad_fidelity_values_are_refused(luigi_config: Any) -> None:
     set_concurrency(luigi_config, fidelity="exact", task_overrides='{"SelfAuditTask": {"relaxed_reconcile": "maybe"}}')
     with pytest.raises(ConfigError, match="relaxed_reconcile = 'maybe' is not allowed"):
         validate(read_config(), patches.CONCURRENT_TASKS)
+
+
+def test_relaxed_governance_per_task(tmp_path: Path, luigi_config: Any) -> None:
+    set_concurrency(luigi_config, task_overrides='{"GovernancePhase6ExtraTask": {"fidelity": "relaxed"}}')
+    phase5 = patches.GovernancePhase5MonitoringProgressTask(run_id_dir=tmp_path, llm_models=["simulated"])
+    phase6 = patches.GovernancePhase6ExtraTask(run_id_dir=tmp_path, llm_models=["simulated"])
+    assert "governance_phase4_decision_escalation_matrix" in phase5.requires()  # exact: still chained
+    assert not {"governance_phase4_decision_escalation_matrix", "governance_phase5_monitoring_progress"} & set(phase6.requires())
