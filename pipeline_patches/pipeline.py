@@ -14,6 +14,8 @@ from types import ModuleType
 
 import luigi
 
+from planexe_concurrency.reuse import ReusedInstances
+
 from .assumptions import ConsolidateAssumptionsMarkdownTask
 from .base import ConcurrentTask, check_settings
 from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
@@ -44,19 +46,29 @@ CONCURRENT_TASKS: dict[str, type] = {
 
 _ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TASKS}
 
+# PlanExe builds a fresh LLM (and so a fresh HTTP client) per attempt; reuse one per thread and
+# model name instead (see planexe_concurrency.reuse and docs/overhead.md).
+_ORIGINAL_GET_LLM = pe.llm_executor.get_llm
+REUSED_LLMS = ReusedInstances(_ORIGINAL_GET_LLM)
+
 
 def enable(module: ModuleType | None = None) -> None:
-    """Rebind PlanExe's task names in ``module`` (default: PlanExe's pipeline) to the concurrent classes."""
+    """Rebind PlanExe's task names in ``module`` (default: PlanExe's pipeline) to the concurrent classes.
+
+    Also makes PlanExe's ``LLMModelFromName`` reuse LLM instances per thread (``REUSED_LLMS``).
+    """
     module = module or P
     for name, cls in CONCURRENT_TASKS.items():
         setattr(module, name, cls)
+    pe.llm_executor.get_llm = REUSED_LLMS
 
 
 def disable(module: ModuleType | None = None) -> None:
-    """Undo :func:`enable`: PlanExe's own classes again."""
+    """Undo :func:`enable`: PlanExe's own classes and its LLM-per-attempt again."""
     module = module or P
     for name, cls in _ORIGINALS.items():
         setattr(module, name, cls)
+    pe.llm_executor.get_llm = _ORIGINAL_GET_LLM
 
 
 def is_enabled(module: ModuleType | None = None) -> bool:
