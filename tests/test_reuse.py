@@ -105,3 +105,14 @@ def test_the_pipeline_reuses_planexe_llms_only_while_enabled() -> None:
         patches.enable()
     warm_up(["simulated", "no-such-model"])  # a broken model is left for the run to report
     assert "simulated" in patches.REUSED_LLMS._primed and "no-such-model" not in patches.REUSED_LLMS._primed
+
+
+def test_the_fork_hook_forgets_handed_out_instances_and_keeps_primed_ones() -> None:
+    """The same hook os.register_at_fork runs in a child, called in-process (coverage sees it)."""
+    from planexe_concurrency import reuse
+
+    get = ReusedInstances(Factory())
+    used = get("used")
+    get.prime(["fresh"])
+    reuse._after_fork_in_child()
+    assert get("used") is not used and get("fresh") == ("fresh", 2)
