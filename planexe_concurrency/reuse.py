@@ -51,13 +51,19 @@ class ReusedInstances:
             mine[name] = primed if primed is not None else self.factory(name)
         return mine[name]
 
-    def prime(self, names: Iterable[str]) -> None:
-        """Build one instance per name without handing it out (so that forked children may use it)."""
+    def prime(self, names: Iterable[str], prepare: Callable[[Any], object] | None = None) -> None:
+        """Build one instance per name without handing it out (so that forked children may use it).
+
+        ``prepare(instance)`` may finish what the instance would build lazily on first use
+        (an HTTP client, say), so that the children inherit that too.
+        """
         for name in names:
             with self._lock:
                 if name in self._primed:
                     continue
             instance = self.factory(name)
+            if prepare is not None:
+                prepare(instance)
             with self._lock:
                 self._primed.setdefault(name, instance)
 

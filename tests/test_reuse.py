@@ -116,3 +116,22 @@ def test_the_fork_hook_forgets_handed_out_instances_and_keeps_primed_ones() -> N
     get.prime(["fresh"])
     reuse._after_fork_in_child()
     assert get("used") is not used and get("fresh") == ("fresh", 2)
+
+
+def test_prime_can_prepare_the_instance() -> None:
+    prepared: list[Any] = []
+    get = ReusedInstances(Factory())
+    get.prime(["a"], prepare=prepared.append)
+    assert prepared == [("a", 1)] and get("a") == ("a", 1)
+
+
+def test_warm_up_builds_the_http_client_of_an_openai_like_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline_patches import pipeline as patches
+    from pipeline_patches.flag_toggle import build_http_client, warm_up
+
+    monkeypatch.setenv("PLANEXE_SIMLLM_URL", "http://127.0.0.1:9")
+    patches.REUSED_LLMS._primed.pop("simulated-http", None)
+    warm_up(["simulated-http"])
+    primed = patches.REUSED_LLMS._primed.pop("simulated-http")
+    assert primed._client is not None  # built in the parent, inherited by forked tasks
+    build_http_client(object())  # an LLM without one is left alone
