@@ -78,20 +78,29 @@ LAZY_IMPORTS = ("openai.resources", "jiter", "llama_index.core.program", "llama_
 def warm_up(llm_models: Sequence[str]) -> float:
     """Pay lazy imports and client set-up once in the parent, before Luigi forks its workers.
 
-    No request is sent (that would cost a user tokens): the LLM objects are created and the
-    modules their first call would import are imported.
+    No request is sent (that would cost a user tokens): one LLM per model, with its HTTP
+    client, is built without being handed out (``REUSED_LLMS.prime``), so that every forked
+    task inherits it instead of building its own, and the modules a first call would import
+    are imported.
     """
     started = time.perf_counter()
-    from .planexe import load_planexe
+    from .pipeline import REUSED_LLMS
 
-    planexe = load_planexe()
-    for model in planexe.LLMModelFromName.from_names(list(llm_models)):
+    for name in llm_models:
         try:
-            model.create_llm()
+            REUSED_LLMS.prime([name], prepare=build_http_client)
         except Exception as exc:  # the run itself will report a broken model properly
-            logger.warning("warm-up: could not create %r: %s", model, exc)
+            logger.warning("warm-up: could not create %r: %s", name, exc)
     import_lazy_modules()
     return time.perf_counter() - started
+
+
+def build_http_client(llm: Any) -> None:
+    """Build the client llama-index's OpenAI-style LLMs create on their first call (~0.1 s with
+    its TLS context); other LLM classes are left as they are."""
+    getter = getattr(llm, "_get_client", None)
+    if callable(getter):
+        getter()
 
 
 def import_lazy_modules() -> None:

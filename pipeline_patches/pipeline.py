@@ -21,6 +21,8 @@ from luigi.cmdline_parser import CmdlineParser
 from planexe_concurrency.config import ConfigError, read_config
 from planexe_concurrency.timing import append_task_event
 
+from planexe_concurrency.reuse import ReusedInstances
+
 from .assumptions import ConsolidateAssumptionsMarkdownTask
 from .diagnostics import PremiseAttackTask
 from .base import ConcurrentTask, check_settings, create_llm_executor
@@ -60,26 +62,34 @@ CONCURRENT_TASKS: dict[str, type] = {
 _ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TASKS}
 _PLANEXE_CREATE_LLM_EXECUTOR = P.PlanTask.__dict__["create_llm_executor"]
 
+# PlanExe builds a fresh LLM (and so a fresh HTTP client) per attempt; reuse one per thread and
+# model name instead (see planexe_concurrency.reuse and docs/overhead.md).
+_ORIGINAL_GET_LLM = pe.llm_executor.get_llm
+REUSED_LLMS = ReusedInstances(_ORIGINAL_GET_LLM)
+
 
 def enable(module: ModuleType | None = None) -> None:
     """Rebind PlanExe's task names in ``module`` (default: PlanExe's pipeline) to the concurrent classes.
 
     Every other task keeps PlanExe's code, but its ``create_llm_executor()`` now returns a
     :class:`~pipeline_patches.base.PlainTaskExecutor`: same fallback and stop callback,
-    plus retries of transient errors and the run's shared request budget.
+    plus retries of transient errors and the run's shared request budget. Also makes
+    PlanExe's ``LLMModelFromName`` reuse LLM instances per thread (``REUSED_LLMS``).
     """
     module = module or P
     for name, cls in CONCURRENT_TASKS.items():
         setattr(module, name, cls)
     P.PlanTask.create_llm_executor = create_llm_executor
+    pe.llm_executor.get_llm = REUSED_LLMS
 
 
 def disable(module: ModuleType | None = None) -> None:
-    """Undo :func:`enable`: PlanExe's own classes and executor again."""
+    """Undo :func:`enable`: PlanExe's own classes, executor and LLM-per-attempt again."""
     module = module or P
     for name, cls in _ORIGINALS.items():
         setattr(module, name, cls)
     P.PlanTask.create_llm_executor = _PLANEXE_CREATE_LLM_EXECUTOR
+    pe.llm_executor.get_llm = _ORIGINAL_GET_LLM
 
 
 def is_enabled(module: ModuleType | None = None) -> bool:

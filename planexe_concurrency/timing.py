@@ -207,3 +207,26 @@ def calls_per_task(spans: Iterable[TaskSpan], calls: Iterable[tuple[float, float
                 out[span.task].append(end - start)
                 break
     return out
+
+
+def scheduling_gaps(spans: Sequence[TaskSpan], graph: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Seconds from the moment a task could have started to its START, per task.
+
+    That moment is the later of its last dependency finishing and the last finish of any task
+    before its start (with every worker busy, a task waits for a slot, not for the scheduler;
+    with one worker, for the task before it). What is left is the scheduler's share of
+    per-task overhead: Luigi picking the task, forking its process, the child checking its
+    dependencies, none of which lies inside a task's own span. Tasks whose dependencies did
+    not run in this log (none, or complete beforehand) are left out.
+    """
+    ends = {s.task: s.end for s in spans}
+    finishes = sorted(s.end for s in spans)
+    gaps: dict[str, float] = {}
+    for s in spans:
+        ready = [ends[d] for d in graph.get(s.task, ()) if d in ends]
+        if not ready:
+            continue
+        before = [t for t in finishes if t <= s.start]
+        could_start = max(max(ready), before[-1] if before else float("-inf"))
+        gaps[s.task] = max(0.0, s.start - could_start)
+    return gaps

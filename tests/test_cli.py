@@ -128,6 +128,7 @@ def test_bench_prints_a_table_of_ratios_and_checks_the_files(tmp_path: Path, cap
     seq, conc = results["runs"]
     assert seq["calls"] == conc["calls"] == 73  # FAST mode, every call seen by the server
     assert conc["peak_in_flight"] > 1 and seq["peak_in_flight"] == 1
+    assert "sched. gap/task (s)" in report and seq["gap_per_task"] > 0 and conc["gap_per_task"] > 0
     assert 0 < results["bounds"]["full"] <= results["bounds"]["graph"] <= seq["wall"]
     assert (out / "timeline-concurrent.html").exists() and (out / "timeline.png").exists()
     assert main(["bench", "--workers", "0"]) == 2

@@ -377,3 +377,23 @@ def test_cli_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
             proc.wait()
     (rec,) = load_log(log)
     assert rec.status == 200 and rec.model == "simulated"
+
+
+def test_server_sockets_send_without_nagle_delay(sim_server: SimServer) -> None:
+    """Headers and body are two writes; without TCP_NODELAY each call waits for a delayed ACK (~40 ms)."""
+    import socket
+
+    seen: list[int] = []
+    original = sim_server._track
+
+    def track(conn: socket.socket, opened: bool) -> None:
+        if opened:
+            seen.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        original(conn, opened)
+
+    sim_server._track = track  # type: ignore[method-assign]
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(sim_server.url).netloc)
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert seen and all(seen)

@@ -99,3 +99,17 @@ def test_calls_attributed_to_the_span_that_contains_them() -> None:
     spans = [TaskSpan("A", 0, 2, 1, True), TaskSpan("B", 2, 5, 1, True)]
     calls = [(0.1, 0.9), (1.0, 1.9), (2.5, 4.5), (9, 10)]
     assert calls_per_task(spans, calls) == {"A": [pytest.approx(0.8), pytest.approx(0.9)], "B": [2.0]}
+
+
+def test_scheduling_gaps_measure_from_when_a_task_could_start() -> None:
+    from planexe_concurrency.timing import TaskSpan, scheduling_gaps
+
+    spans = [
+        TaskSpan("A", 0.0, 1.0, 1, True),
+        TaskSpan("B", 0.0, 2.0, 2, True),
+        TaskSpan("C", 2.25, 3.0, 3, True),  # ready when B ended
+        TaskSpan("E", 3.0, 5.0, 5, True),  # ready at 1.0 (A) but waited for a slot: C ended at 3.0
+        TaskSpan("D", 5.5, 6.0, 4, True),  # C ended at 3.0, but the slot came free at 5.0 (E)
+    ]
+    graph = {"A": [], "B": [], "C": ["A", "B"], "D": ["C", "X"], "E": ["A"]}
+    assert scheduling_gaps(spans, graph) == {"C": 0.25, "E": 0.0, "D": 0.5}

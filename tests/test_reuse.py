@@ -1,0 +1,137 @@
+"""LLM instances reused per thread: same instance in one thread, never shared across threads or forks."""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from typing import Any
+
+import pytest
+
+from planexe_concurrency.reuse import ReusedInstances
+
+
+class Factory:
+    def __init__(self) -> None:
+        self.counter = itertools.count(1)
+        self.calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def __call__(self, name: Any = None, **kwargs: Any) -> tuple[Any, int]:
+        self.calls.append((name, kwargs))
+        return (name, next(self.counter))
+
+
+def test_one_instance_per_name_within_a_thread() -> None:
+    get = ReusedInstances(Factory())
+    a = get("a")
+    assert get("a") is a and get("b") is not a and get("b") is get("b")
+
+
+def test_kwargs_or_no_name_are_passed_through_every_time() -> None:
+    factory = Factory()
+    get = ReusedInstances(factory)
+    assert get("a", temperature=0.5) != get("a", temperature=0.5)
+    assert get() != get()
+    assert factory.calls[0] == ("a", {"temperature": 0.5}) and factory.calls[2] == (None, {})
+
+
+def test_threads_never_share_an_instance() -> None:
+    get = ReusedInstances(Factory())
+    mine = get("a")
+    seen: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def work() -> None:
+        barrier.wait()
+        first = get("a")
+        assert get("a") is first
+        seen.append(first)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(x) for x in seen}) == 4 and all(x is not mine for x in seen)
+
+
+def test_a_primed_instance_goes_to_one_thread_only() -> None:
+    factory = Factory()
+    get = ReusedInstances(factory)
+    get.prime(["a"])
+    get.prime(["a"])  # already primed: not built again
+    assert len(factory.calls) == 1
+    primed = ("a", 1)
+    other: list[Any] = []
+    t = threading.Thread(target=lambda: other.append(get("a")))
+    t.start()
+    t.join()
+    assert other == [primed] and get("a") != primed
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_inherits_primed_instances_but_not_handed_out_ones() -> None:
+    get = ReusedInstances(Factory())
+    handed_out = get("used")
+    get.prime(["fresh"])
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        ok = get("used") is not handed_out and get("fresh") == ("fresh", 2) and get("fresh") is get("fresh")
+        os.write(write_end, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 1)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert get("used") is handed_out  # the parent keeps its own
+
+
+def test_the_pipeline_reuses_planexe_llms_only_while_enabled() -> None:
+    from pipeline_patches import pipeline as patches
+    from pipeline_patches.flag_toggle import warm_up
+    from pipeline_patches.planexe import load_planexe
+
+    pe = load_planexe()
+    model = pe.LLMModelFromName("simulated")
+    assert patches.is_enabled()
+    assert pe.llm_executor.get_llm is patches.REUSED_LLMS
+    assert model.create_llm() is model.create_llm()
+    try:
+        patches.disable()
+        assert model.create_llm() is not model.create_llm()
+    finally:
+        patches.enable()
+    warm_up(["simulated", "no-such-model"])  # a broken model is left for the run to report
+    assert "simulated" in patches.REUSED_LLMS._primed and "no-such-model" not in patches.REUSED_LLMS._primed
+
+
+def test_the_fork_hook_forgets_handed_out_instances_and_keeps_primed_ones() -> None:
+    """The same hook os.register_at_fork runs in a child, called in-process (coverage sees it)."""
+    from planexe_concurrency import reuse
+
+    get = ReusedInstances(Factory())
+    used = get("used")
+    get.prime(["fresh"])
+    reuse._after_fork_in_child()
+    assert get("used") is not used and get("fresh") == ("fresh", 2)
+
+
+def test_prime_can_prepare_the_instance() -> None:
+    prepared: list[Any] = []
+    get = ReusedInstances(Factory())
+    get.prime(["a"], prepare=prepared.append)
+    assert prepared == [("a", 1)] and get("a") == ("a", 1)
+
+
+def test_warm_up_builds_the_http_client_of_an_openai_like_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline_patches import pipeline as patches
+    from pipeline_patches.flag_toggle import build_http_client, warm_up
+
+    monkeypatch.setenv("PLANEXE_SIMLLM_URL", "http://127.0.0.1:9")
+    patches.REUSED_LLMS._primed.pop("simulated-http", None)
+    warm_up(["simulated-http"])
+    primed = patches.REUSED_LLMS._primed.pop("simulated-http")
+    assert primed._client is not None  # built in the parent, inherited by forked tasks
+    build_http_client(object())  # an LLM without one is left alone
