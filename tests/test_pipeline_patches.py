@@ -266,21 +266,27 @@ def test_governance_parallel_changes_only_phases_5_and_6_and_what_reads_them(
     assert "governance_phase4_decision_escalation_matrix" in p5.requires()
 
 
-def test_consolidate_assumptions_carries_on_past_failed_items_like_planexe(reference: Path, tmp_path: Path) -> None:
+def _ours_and_planexes_with_a_failing_model(reference: Path, tmp_path: Path, task_name: str) -> dict[str, dict[str, bytes]]:
+    """The files our class and PlanExe's write when every call fails ('simulated-fail')."""
     outputs = {}
-    for name, cls in (("ours", patches.ConsolidateAssumptionsMarkdownTask), ("planexe", patches._ORIGINALS["ConsolidateAssumptionsMarkdownTask"])):
+    for name, cls in (("ours", patches.CONCURRENT_TASKS[task_name]), ("planexe", patches._ORIGINALS[task_name])):
         run_dir = _copy_run(reference, tmp_path / name)
         task = cls(run_id_dir=run_dir, llm_models=["simulated-fail"])
         for target in task.output().values():
             target.remove()
         task.run()
         outputs[name] = {k: Path(t.path).read_bytes() for k, t in task.output().items()}
+    return outputs
+
+
+def test_consolidate_assumptions_carries_on_past_failed_items_like_planexe(reference: Path, tmp_path: Path) -> None:
+    outputs = _ours_and_planexes_with_a_failing_model(reference, tmp_path, "ConsolidateAssumptionsMarkdownTask")
     assert outputs["ours"] == outputs["planexe"]
     assert outputs["ours"]["short"].count(b"Error shortening markdown file.") == 8
 
 
 def test_premise_attack_asks_its_five_lenses_at_once_and_writes_planexes_files(
-    reference: Path, tmp_path: Path, luigi_config: Any
+    reference: Path, tmp_path: Path, luigi_config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = _copy_run(reference, tmp_path / "premise")
     events_file = tmp_path / "events.jsonl"
@@ -288,15 +294,8 @@ def test_premise_attack_asks_its_five_lenses_at_once_and_writes_planexes_files(
     task = patches.PremiseAttackTask(run_id_dir=run_dir, llm_models=["simulated"])
     for target in task.output().values():
         target.remove()
-    latency = os.environ.get("PLANEXE_SIMLLM_LATENCY")
-    os.environ["PLANEXE_SIMLLM_LATENCY"] = "0.2"
-    try:
-        assert luigi.build([task], local_scheduler=True, log_level="WARNING")
-    finally:
-        if latency is None:
-            os.environ.pop("PLANEXE_SIMLLM_LATENCY")
-        else:
-            os.environ["PLANEXE_SIMLLM_LATENCY"] = latency
+    monkeypatch.setenv("PLANEXE_SIMLLM_LATENCY", "0.2")
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
     assert differing_files(reference, run_dir) == []
     events = read_events(events_file)
     running = sorted(e.time for e in events if e.state is ItemState.RUNNING)
@@ -305,13 +304,6 @@ def test_premise_attack_asks_its_five_lenses_at_once_and_writes_planexes_files(
 
 
 def test_premise_attack_skips_failed_lenses_like_planexe(reference: Path, tmp_path: Path) -> None:
-    outputs = {}
-    for name, cls in (("ours", patches.PremiseAttackTask), ("planexe", patches._ORIGINALS["PremiseAttackTask"])):
-        run_dir = _copy_run(reference, tmp_path / name)
-        task = cls(run_id_dir=run_dir, llm_models=["simulated-fail"])
-        for target in task.output().values():
-            target.remove()
-        task.run()
-        outputs[name] = {k: Path(t.path).read_bytes() for k, t in task.output().items()}
+    outputs = _ours_and_planexes_with_a_failing_model(reference, tmp_path, "PremiseAttackTask")
     assert outputs["ours"] == outputs["planexe"]
     assert b'"response_list": []' in outputs["ours"]["raw"]
