@@ -29,7 +29,7 @@ from planexe_concurrency.events import default_listeners, one_line
 from planexe_concurrency.fanout import FanOut, FanOutError, ItemFailedError, ItemFailure
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
 from planexe_concurrency.ratelimit import SharedSlotFile, pace_llm_requests, stop_pacing_llm_requests
-from planexe_concurrency.resume import ItemCache, atomic_write_text, json_text
+from planexe_concurrency.resume import ItemCache, StartMarks, atomic_write_text, json_text
 
 from .planexe import load_planexe
 
@@ -179,6 +179,42 @@ def plain_task_executor_class() -> type:
 def create_llm_executor(self: luigi.Task) -> Any:
     """Stands in for ``PlanTask.create_llm_executor`` (see ``pipeline.enable``)."""
     return plain_task_executor_class()(self)
+
+
+START_MARKS_DIR_NAME = "started"
+
+
+def start_marks(task: luigi.Task) -> StartMarks:
+    """Marks of the run's tasks that started and have not finished (see ``pipeline.py``'s event handlers)."""
+    return StartMarks(Path(task.run_id_dir) / STATE_DIR_NAME / START_MARKS_DIR_NAME)  # type: ignore[attr-defined]
+
+
+_told_unfinished: set[str] = set()
+_told_lock = threading.Lock()
+
+
+def complete_unless_interrupted(complete: Callable[[luigi.Task], bool]) -> Callable[[luigi.Task], bool]:
+    """``complete`` (PlanExe's, i.e. Luigi's: every output exists), and no start mark left.
+
+    PlanExe's own tasks write their files with plain ``open()``; killed in the middle of
+    the last one, a task leaves every output in place, one of them truncated, and Luigi
+    would take it as done. A task whose start mark is still there runs again instead.
+    """
+
+    def complete_unless_interrupted(self: luigi.Task) -> bool:
+        if start_marks(self).unfinished(self.task_id):
+            with _told_lock:
+                first = self.task_id not in _told_unfinished
+                _told_unfinished.add(self.task_id)
+            if first:
+                logger.warning(
+                    "task=%s started in an earlier run and never finished: its files are not trusted, it runs again",
+                    self.task_family,
+                )
+            return False
+        return bool(complete(self))
+
+    return complete_unless_interrupted
 
 
 class ConcurrentTask:

@@ -25,7 +25,7 @@ from planexe_concurrency.reuse import ReusedInstances
 
 from .assumptions import ConsolidateAssumptionsMarkdownTask
 from .diagnostics import PremiseAttackTask
-from .base import ConcurrentTask, check_settings, create_llm_executor
+from .base import ConcurrentTask, check_settings, complete_unless_interrupted, create_llm_executor, start_marks
 from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
 from .experts import ExpertReviewTask
 from .flag_toggle import import_lazy_modules
@@ -60,7 +60,14 @@ CONCURRENT_TASKS: dict[str, type] = {
 }
 
 _ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TASKS}
-_PLANEXE_CREATE_LLM_EXECUTOR = P.PlanTask.__dict__["create_llm_executor"]
+
+# Methods of PlanExe's PlanTask base class replaced while the patches are on (every task
+# inherits them); the originals are what PlanTask itself defines (None: inherited from Luigi).
+_PLAN_TASK_PATCHES: dict[str, Any] = {
+    "create_llm_executor": create_llm_executor,
+    "complete": complete_unless_interrupted(P.PlanTask.complete),
+}
+_PLAN_TASK_ORIGINALS: dict[str, Any] = {name: P.PlanTask.__dict__.get(name) for name in _PLAN_TASK_PATCHES}
 
 # PlanExe builds a fresh LLM (and so a fresh HTTP client) per attempt; reuse one per thread and
 # model name instead (see planexe_concurrency.reuse and docs/overhead.md).
@@ -73,22 +80,29 @@ def enable(module: ModuleType | None = None) -> None:
 
     Every other task keeps PlanExe's code, but its ``create_llm_executor()`` now returns a
     :class:`~pipeline_patches.base.PlainTaskExecutor`: same fallback and stop callback,
-    plus retries of transient errors and the run's shared request budget. Also makes
-    PlanExe's ``LLMModelFromName`` reuse LLM instances per thread (``REUSED_LLMS``).
+    plus retries of transient errors and the run's shared request budget; and a task that
+    started in an earlier run and never finished is not complete, whatever files it left
+    (:func:`~pipeline_patches.base.complete_unless_interrupted`). Also makes PlanExe's
+    ``LLMModelFromName`` reuse LLM instances per thread (``REUSED_LLMS``).
     """
     module = module or P
     for name, cls in CONCURRENT_TASKS.items():
         setattr(module, name, cls)
-    P.PlanTask.create_llm_executor = create_llm_executor
+    for name, method in _PLAN_TASK_PATCHES.items():
+        setattr(P.PlanTask, name, method)
     pe.llm_executor.get_llm = REUSED_LLMS
 
 
 def disable(module: ModuleType | None = None) -> None:
-    """Undo :func:`enable`: PlanExe's own classes, executor and LLM-per-attempt again."""
+    """Undo :func:`enable`: PlanExe's own classes, executor, completeness and LLM-per-attempt again."""
     module = module or P
     for name, cls in _ORIGINALS.items():
         setattr(module, name, cls)
-    P.PlanTask.create_llm_executor = _PLANEXE_CREATE_LLM_EXECUTOR
+    for name, original in _PLAN_TASK_ORIGINALS.items():
+        if original is not None:
+            setattr(P.PlanTask, name, original)
+        elif name in P.PlanTask.__dict__:
+            delattr(P.PlanTask, name)
     pe.llm_executor.get_llm = _ORIGINAL_GET_LLM
 
 
@@ -96,7 +110,7 @@ def is_enabled(module: ModuleType | None = None) -> bool:
     module = module or P
     return (
         all(getattr(module, name) is cls for name, cls in CONCURRENT_TASKS.items())
-        and P.PlanTask.__dict__["create_llm_executor"] is create_llm_executor
+        and all(P.PlanTask.__dict__.get(name) is method for name, method in _PLAN_TASK_PATCHES.items())
     )
 
 
@@ -145,6 +159,25 @@ def _record_task_event(event: str):  # type: ignore[no-untyped-def]
 # ``task_events_file`` is set, in whichever process runs the task.
 for _event, _name in ((luigi.Event.START, "start"), (luigi.Event.SUCCESS, "success"), (luigi.Event.FAILURE, "failure")):
     luigi.Task.event_handler(_event)(_record_task_event(_name))
+
+
+def _marks_kept(task: luigi.Task) -> bool:
+    return isinstance(task, P.PlanTask) and P.PlanTask.__dict__.get("complete") is _PLAN_TASK_PATCHES["complete"]
+
+
+# A task's start mark is written in the process that runs it, just before ``run()``, and
+# removed once ``run()`` has returned, before Luigi hears that the task is done; a task
+# that fails or is killed keeps it (see complete_unless_interrupted).
+@luigi.Task.event_handler(luigi.Event.START)
+def _mark_started(task: luigi.Task) -> None:
+    if _marks_kept(task):
+        start_marks(task).started(task.task_id)
+
+
+@luigi.Task.event_handler(luigi.Event.SUCCESS)
+def _mark_finished(task: luigi.Task) -> None:
+    if _marks_kept(task):
+        start_marks(task).finished(task.task_id)
 
 
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)

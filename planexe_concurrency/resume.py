@@ -4,14 +4,18 @@ A crash (or ``kill -9``) in the middle of a plain ``open(path, "w")`` leaves a t
 file that a resumed run would trust. Everything we write goes to a temporary file in the
 same directory and is renamed into place, so a reader sees the old file or the whole new
 one, never half of it. An item whose result file exists *and parses* is not asked again;
-one that does not parse is redone, with a warning.
+one that does not parse is redone, with a warning. Files that other code writes with a
+plain ``open()`` cannot be made atomic from outside; :class:`StartMarks` lets a later run
+tell that the job writing them never finished.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
@@ -86,3 +90,31 @@ def json_item_cache(path: str | os.PathLike[str]) -> ItemCache[Any]:
         return json.loads(p.read_text(encoding="utf-8"))
 
     return ItemCache(path=Path(path), load=load, dump=json_text)
+
+
+@dataclass(frozen=True)
+class StartMarks:
+    """Which jobs started and never finished, as seen by a later process.
+
+    Luigi takes a task as done when its output files exist. Code we do not own may write
+    those files with a plain ``open()``; a process killed in the middle of its last write
+    leaves a truncated file that passes that test. A mark written before the job starts
+    and removed once it has finished tells a later run not to trust what the job left.
+    A job that fails keeps its mark: what it wrote is not trusted either.
+    """
+
+    folder: Path
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.started"
+
+    def started(self, key: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mark = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        atomic_write_text(self._path(key), json.dumps(mark))
+
+    def finished(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def unfinished(self, key: str) -> bool:
+        return self._path(key).exists()

@@ -49,6 +49,7 @@ def test_enable_rebinds_module_globals_so_requires_picks_concurrent_tasks(new_ru
     patches.disable()
     try:
         assert not patches.is_enabled()
+        assert P.PlanTask.complete is luigi.Task.complete  # the double's PlanTask, like PlanExe's, inherits Luigi's
         deps = P.FullPlanPipeline(run_id_dir=new_run_dir("s"), llm_models=["simulated"]).requires()
         assert not any(type(t) in patches.CONCURRENT_TASKS.values() for t in deps.values())
     finally:

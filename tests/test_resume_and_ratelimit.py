@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from planexe_concurrency.ratelimit import RequestPacer, SharedSlotFile
-from planexe_concurrency.resume import atomic_write_text, json_item_cache
+from planexe_concurrency.resume import StartMarks, atomic_write_text, json_item_cache
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -33,6 +33,26 @@ def test_atomic_write_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_start_marks_outlive_the_process_that_did_not_finish(tmp_path: Path) -> None:
+    def die_after_starting(folder: Path) -> None:
+        StartMarks(folder).started("job-b")
+        os._exit(1)  # no finally, no atexit: as a kill would
+
+    marks = StartMarks(tmp_path / "marks")
+    assert not marks.unfinished("job-a")
+    marks.started("job-a")
+    assert marks.unfinished("job-a")
+    marks.finished("job-a")
+    marks.finished("job-a")  # twice is fine: a job can be run twice after a lost worker
+    assert not marks.unfinished("job-a")
+
+    child = multiprocessing.get_context("fork").Process(target=die_after_starting, args=(tmp_path / "marks",))
+    child.start()
+    child.join(10)
+    assert StartMarks(tmp_path / "marks").unfinished("job-b")
+    assert not StartMarks(tmp_path / "other").unfinished("job-b")
 
 
 def test_json_item_cache_round_trip_and_corrupt_file(tmp_path: Path) -> None:

@@ -186,6 +186,55 @@ def test_kill_9_in_the_middle_of_wbs_level3_then_rerun(
     assert len(asked_before | set(asked_after)) == http_reference_calls(http_reference)
 
 
+# Runs Luigi in this one process (--workers 1 does not fork) and kills it with SIGKILL
+# halfway through writing the file named by argv[1], as a crash would.
+DIE_WHILE_WRITING = """
+import os, signal, sys
+from pathlib import Path
+import luigi
+import pipeline_patches.pipeline
+import worker_plan_internal.llm_util.structured_step as step
+
+target, write_text = sys.argv[1], step.write_text
+
+def write_half_then_die(path, text):
+    if Path(path).name == target:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text[: len(text) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_text(path, text)
+
+step.write_text = write_half_then_die
+luigi.run(sys.argv[2:])
+"""
+
+
+def test_a_planexe_task_killed_while_writing_its_last_file_runs_again(
+    http_reference: Path, sim_server_factory: Callable[..., SimServer], new_run_dir: Callable[[str], Path]
+) -> None:
+    server = sim_server_factory()
+    run_dir = new_run_dir("killed-writing")
+    last_file = "002-6-identify_purpose.md"  # IdentifyPurposeTask writes its raw file, then this
+    cmd = _luigi_cmd(run_dir, "--workers", "1", "--local-scheduler")
+    killed = subprocess.run(
+        [sys.executable, "-c", DIE_WHILE_WRITING, last_file, *cmd[3:]],
+        env=_env(server), capture_output=True, text=True, timeout=180,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # Every output of the task is there, the last one truncated: Luigi alone would call it done.
+    assert (run_dir / "002-5-identify_purpose_raw.json").read_bytes() == (http_reference / "002-5-identify_purpose_raw.json").read_bytes()
+    truncated = (run_dir / last_file).read_bytes()
+    assert truncated and truncated != (http_reference / last_file).read_bytes()
+
+    rerun = subprocess.run(cmd, env=_env(server), capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert differing_files(http_reference, run_dir) == []
+    assert "task=IdentifyPurposeTask started in an earlier run and never finished" in rerun.stderr
+    started_again = [line["task"] for line in _task_lines(run_dir) if line["event"] == "start"]
+    assert started_again.count("IdentifyPurposeTask") == 2  # killed once, then redone
+    assert list((run_dir / ".planexe_concurrency" / "started").iterdir()) == []  # every mark removed on success
+
+
 def _snapshot(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
