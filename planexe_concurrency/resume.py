@@ -109,9 +109,11 @@ class StartMarks:
         return self.folder / f"{key}.started"
 
     def started(self, key: str) -> None:
+        # Only the mark's existence counts (the content is for a curious reader), and a
+        # killed process loses nothing it wrote: no temporary file, no fsync, on every task.
         self.folder.mkdir(parents=True, exist_ok=True)
         mark = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
-        atomic_write_text(self._path(key), json.dumps(mark))
+        self._path(key).write_text(json.dumps(mark), encoding="utf-8")
 
     def finished(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
