@@ -202,17 +202,27 @@ def complete_unless_interrupted(complete: Callable[[luigi.Task], bool]) -> Calla
     """
 
     def complete_unless_interrupted(self: luigi.Task) -> bool:
-        if start_marks(self).unfinished(self.task_id):
-            with _told_lock:
-                first = self.task_id not in _told_unfinished
-                _told_unfinished.add(self.task_id)
-            if first:
+        marks = start_marks(self)
+        if not marks.unfinished(self.task_id):
+            return bool(complete(self))
+        with _told_lock:
+            first = self.task_id not in _told_unfinished
+            _told_unfinished.add(self.task_id)
+        if first:
+            # Another worker process may be running it right now (luigid, --workers N):
+            # Luigi then waits for it; only a mark whose owner is gone means a crash.
+            owner, gone = marks.owner(self.task_id)
+            if gone:
                 logger.warning(
-                    "task=%s started in an earlier run and never finished: its files are not trusted, it runs again",
-                    self.task_family,
+                    "task=%s started in an earlier run (%s, now gone) and never finished: its files are not trusted,"
+                    " it runs again", self.task_family, owner,
                 )
-            return False
-        return bool(complete(self))
+            else:
+                logger.info(
+                    "task=%s is marked as started by %s and not finished: not complete until that process finishes it"
+                    " (if it was killed, the task runs again)", self.task_family, owner,
+                )
+        return False
 
     return complete_unless_interrupted
 

@@ -120,3 +120,28 @@ class StartMarks:
 
     def unfinished(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def owner(self, key: str) -> tuple[str, bool]:
+        """Who left the mark ('process P on H'), and whether that process is known to have ended.
+
+        Only a process on this host can be known to have ended; one elsewhere (luigid
+        across hosts) may still be running the job.
+        """
+        try:
+            mark = json.loads(self._path(key).read_text(encoding="utf-8"))
+            pid, host = int(mark["pid"]), str(mark["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "an unknown process", False
+        return f"process {pid} on {host}", host == socket.gethostname() and not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier process with our number; this one is only now asking
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,13 @@ def test_atomic_write_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-def test_start_marks_outlive_the_process_that_did_not_finish(tmp_path: Path) -> None:
-    def die_after_starting(folder: Path) -> None:
-        StartMarks(folder).started("job-b")
-        os._exit(1)  # no finally, no atexit: as a kill would
+def _start_then_wait(folder: Path, key: str, release: Any) -> None:
+    StartMarks(folder).started(key)
+    release.wait(10)
+    os._exit(1)  # no finally, no atexit: as a kill would
 
+
+def test_start_marks_outlive_the_process_that_did_not_finish(tmp_path: Path) -> None:
     marks = StartMarks(tmp_path / "marks")
     assert not marks.unfinished("job-a")
     marks.started("job-a")
@@ -48,10 +51,24 @@ def test_start_marks_outlive_the_process_that_did_not_finish(tmp_path: Path) -> 
     marks.finished("job-a")  # twice is fine: a job can be run twice after a lost worker
     assert not marks.unfinished("job-a")
 
-    child = multiprocessing.get_context("fork").Process(target=die_after_starting, args=(tmp_path / "marks",))
+    ctx = multiprocessing.get_context("fork")
+    release = ctx.Event()
+    child = ctx.Process(target=_start_then_wait, args=(tmp_path / "marks", "job-b", release))
     child.start()
+    deadline = time.time() + 10
+    while not marks.unfinished("job-b"):
+        assert time.time() < deadline
+        time.sleep(0.01)
+    here = socket.gethostname()
+    assert marks.owner("job-b") == (f"process {child.pid} on {here}", False)  # still running it
+    release.set()
     child.join(10)
-    assert StartMarks(tmp_path / "marks").unfinished("job-b")
+    assert marks.unfinished("job-b")
+    assert marks.owner("job-b") == (f"process {child.pid} on {here}", True)
+    (tmp_path / "marks" / "job-c.started").write_text('{"pid": 1, "host": "elsewhere"}')
+    assert marks.owner("job-c") == ("process 1 on elsewhere", False)  # may still run there
+    (tmp_path / "marks" / "job-d.started").write_text("")
+    assert marks.owner("job-d") == ("an unknown process", False)
     assert not StartMarks(tmp_path / "other").unfinished("job-b")
 
 
