@@ -37,6 +37,11 @@ logger = logging.getLogger("planexe_concurrency")
 
 STATE_DIR_NAME = ".planexe_concurrency"
 
+
+def state_dir_of(task: luigi.Task) -> Path:
+    """Our folder inside a PlanExe task's run directory (not created here)."""
+    return Path(task.run_id_dir) / STATE_DIR_NAME  # type: ignore[attr-defined]
+
 # Taken when this module is first imported: in the Luigi parent, before it forks workers.
 # A stop flag older than this belongs to an earlier run and is ignored.
 PROCESS_STARTED = time.time()
@@ -91,7 +96,7 @@ def rate_limit_slots(task: luigi.Task) -> SharedSlotFile | None:
     cfg = read_config()
     if cfg.requests_per_minute <= 0:
         return None
-    path = cfg.rate_limit_file or Path(task.run_id_dir) / STATE_DIR_NAME / RATE_LIMIT_FILE_NAME  # type: ignore[attr-defined]
+    path = cfg.rate_limit_file or state_dir_of(task) / RATE_LIMIT_FILE_NAME
     return SharedSlotFile(path, cfg.requests_per_minute)
 
 
@@ -186,7 +191,7 @@ START_MARKS_DIR_NAME = "started"
 
 def start_marks(task: luigi.Task) -> StartMarks:
     """Marks of the run's tasks that started and have not finished (see ``pipeline.py``'s event handlers)."""
-    return StartMarks(Path(task.run_id_dir) / STATE_DIR_NAME / START_MARKS_DIR_NAME)  # type: ignore[attr-defined]
+    return StartMarks(state_dir_of(task) / START_MARKS_DIR_NAME)
 
 
 _told_unfinished: set[str] = set()
@@ -245,7 +250,7 @@ class ConcurrentTask:
         return Path(self.run_id_dir)  # type: ignore[attr-defined]
 
     def state_dir(self) -> Path:
-        path = self.run_dir / STATE_DIR_NAME
+        path = state_dir_of(self)  # type: ignore[arg-type]
         path.mkdir(parents=True, exist_ok=True)
         return path
 
