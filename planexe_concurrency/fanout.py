@@ -310,6 +310,10 @@ def run_coroutine(coro: Awaitable[T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False  # the usual case: run it here (outside the except, so its errors carry no context)
+    else:
+        running = True
+    if not running:
         return asyncio.run(coro)  # type: ignore[arg-type]
     box: dict[str, Any] = {}
 
