@@ -4,7 +4,7 @@ A concurrent task is PlanExe's own task class with :class:`ConcurrentTask` mixed
 of it. Its ``run_inner`` reads the same inputs, builds the same queries and writes the
 same files as PlanExe's, but hands the loop's calls to :meth:`ConcurrentTask.run_items`.
 
-Resume: each finished item leaves a record in ``<run_id_dir>/.planexe_concurrency/items/``
+Resume: each finished item leaves a record in ``items/`` of our folder beside the run (``rundir.state_dir_for``)
 (written atomically, before PlanExe's raw per-item file), holding what the merge step needs
 that PlanExe's raw file does not keep (e.g. the WBS ids PlanExe draws after the call). A
 rerun loads the record instead of calling the LLM, if the record's query fingerprint still
@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -31,23 +32,19 @@ from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
 from planexe_concurrency.ratelimit import SharedSlotFile, pace_llm_requests, stop_pacing_llm_requests
 from planexe_concurrency.resume import ItemCache, StartMarks, atomic_write_text, json_text
 
+from .callback import call_callback
 from .planexe import load_planexe
+from .rundir import state_dir_for
 
 logger = logging.getLogger("planexe_concurrency")
 
-STATE_DIR_NAME = ".planexe_concurrency"
-
-
 def state_dir_of(task: luigi.Task) -> Path:
-    """Our folder inside a PlanExe task's run directory (not created here)."""
-    return Path(task.run_id_dir) / STATE_DIR_NAME  # type: ignore[attr-defined]
+    """Our folder for a PlanExe task's run (beside its run directory, see ``rundir.state_dir_for``)."""
+    return state_dir_for(task.run_id_dir)  # type: ignore[attr-defined]
 
 # Taken when this module is first imported: in the Luigi parent, before it forks workers.
 # A stop flag older than this belongs to an earlier run and is ignored.
 PROCESS_STARTED = time.time()
-
-# PlanExe calls its progress/stop callback from one thread at a time; so do we.
-_callback_lock = threading.Lock()
 
 Record = dict[str, Any]
 
@@ -141,10 +138,7 @@ def stop_check_for(task: luigi.Task) -> Callable[[StopCheck], None]:
                 raise planexe.PipelineStopRequested(f"{task.task_family}: stop flag {flag.name} found")
         except FileNotFoundError:
             pass
-        callback = getattr(task, "_pipeline_executor_callback", None)
-        if callback is not None:
-            with _callback_lock:
-                callback(task, attempt.total_duration)
+        call_callback(task, attempt.total_duration)  # in the process that owns it (see callback.py)
 
     return check
 
@@ -187,6 +181,19 @@ def create_llm_executor(self: luigi.Task) -> Any:
 
 
 START_MARKS_DIR_NAME = "started"
+ITEMS_DIR_NAME = "items"
+
+
+def tidy_finished_run(task: luigi.Task) -> None:
+    """Once the whole plan is done, drop what only a resume needs (item records, start marks).
+
+    A multi-user PlanExe makes a run directory per plan and purges old ones by name; our
+    folder beside each would otherwise keep every answer of every plan. The event logs stay.
+    """
+    if not hasattr(task, "run_id_dir") or not task.complete():
+        return
+    for name in (ITEMS_DIR_NAME, START_MARKS_DIR_NAME):
+        shutil.rmtree(state_dir_of(task) / name, ignore_errors=True)
 
 
 def start_marks(task: luigi.Task) -> StartMarks:
@@ -284,7 +291,7 @@ class ConcurrentTask:
         def dump(record: Record) -> str:
             return json.dumps({"fingerprint": fingerprint, "record": record}, indent=1)
 
-        return ItemCache(path=self.state_dir() / "items" / f"{name}.record", load=load, dump=dump, after_put=write_raw)
+        return ItemCache(path=self.state_dir() / ITEMS_DIR_NAME / f"{name}.record", load=load, dump=dump, after_put=write_raw)
 
     def run_items(
         self,
@@ -301,7 +308,7 @@ class ConcurrentTask:
         item runs and a failed one comes back as None. ``PipelineStopRequested`` always
         passes through unwrapped.
         """
-        (self.state_dir() / "items").mkdir(exist_ok=True)
+        (self.state_dir() / ITEMS_DIR_NAME).mkdir(exist_ok=True)
         caches = [self._record_cache(i, item) for i, item in enumerate(items)]
         settings = self.concurrency_settings()
         if tolerate_failures:

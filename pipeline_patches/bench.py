@@ -39,6 +39,7 @@ from planexe_concurrency.simllm.server import RequestRecord, peak_in_flight
 from planexe_concurrency.timing import TaskCalls, bounds, calls_per_task, read_task_spans, scheduling_gaps
 
 from .compare import differing_files
+from .rundir import state_dir_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +87,7 @@ def _records_between(records: Sequence[RequestRecord], t0: float, t1: float) -> 
 
 def _overhead_per_task(run_dir: Path, records: Sequence[RequestRecord]) -> float:
     """Mean seconds per task outside LLM calls (the union of call intervals inside the task's span)."""
-    spans = read_task_spans(run_dir / ".planexe_concurrency" / "tasks.jsonl")
+    spans = read_task_spans(state_dir_for(run_dir) / "tasks.jsonl")
     if not spans:
         return 0.0
     total = 0.0
@@ -103,7 +104,7 @@ def _overhead_per_task(run_dir: Path, records: Sequence[RequestRecord]) -> float
 
 def _gap_per_task(run_dir: Path, graph: dict[str, list[str]]) -> float:
     """Mean seconds from a task's last dependency finishing to the task starting."""
-    gaps = scheduling_gaps(read_task_spans(run_dir / ".planexe_concurrency" / "tasks.jsonl"), graph)
+    gaps = scheduling_gaps(read_task_spans(state_dir_for(run_dir) / "tasks.jsonl"), graph)
     return sum(gaps.values()) / len(gaps) if gaps else 0.0
 
 
@@ -165,7 +166,7 @@ def run_pipeline(
 def compute_bounds(sequential: RunResult, server_log: Sequence[RequestRecord], relaxed: RunResult | None = None) -> Any:
     """Bounds from the sequential run's task and call times; with ``relaxed``, its graph and its loops too."""
     run_dir = Path(sequential.run_dir)
-    spans = read_task_spans(run_dir / ".planexe_concurrency" / "tasks.jsonl")
+    spans = read_task_spans(state_dir_for(run_dir) / "tasks.jsonl")
     t0, t1 = min(s.start for s in spans), max(s.end for s in spans)
     calls = calls_per_task(spans, [(r.start, r.end) for r in _records_between(server_log, t0 - 1, t1 + 1)])
     overlapping = dict(FANOUT_SEQUENTIAL_PREFIX)
@@ -337,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _timelines(out: Path, runs: Sequence[RunResult]) -> None:
     panels = []
     for r in runs:
-        state = Path(r.run_dir) / ".planexe_concurrency"
+        state = state_dir_for(r.run_dir)
         spans = read_task_spans(state / "tasks.jsonl")
         items = item_spans(read_events(state / "events.jsonl")) if (state / "events.jsonl").exists() else []
         title = f"{r.label} ({r.workers} worker(s){'' if r.sequential else f', max_parallel {r.max_parallel}'})"

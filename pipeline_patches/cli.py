@@ -4,6 +4,7 @@
     planexe-concurrency run --sequential         # PlanExe's way, for comparison
     planexe-concurrency check-config             # validate [planexe_concurrency] and show what each task gets
     planexe-concurrency patch PATH [--revert]    # add/remove the PLANEXE_CONCURRENCY hook in a checkout
+    planexe-concurrency hook [install|remove]    # the start-up hook for every entry point (see startup.py)
     planexe-concurrency simllm serve [...]       # the simulated OpenAI-compatible provider
     planexe-concurrency bench [...]              # before/after timing table (see pipeline_patches/bench.py)
 
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("path", type=Path, help="the PlanExe checkout (or its run_plan_pipeline.py)")
     patch.add_argument("--revert", action="store_true", help="remove the hook again")
 
+    hook = sub.add_parser("hook", help="the PLANEXE_CONCURRENCY start-up hook of this Python environment")
+    hook.add_argument("action", choices=("status", "install", "remove"), nargs="?", default="status",
+                      help="install: write it into site-packages (editable installs; a wheel ships it); remove: take it out")
+
     sub.add_parser("bench", help="before/after benchmark against the simulated provider (see: bench --help)", add_help=False)
 
     simllm = sub.add_parser("simllm", help="the simulated LLM provider")
@@ -125,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .base import check_settings
     from .flag_toggle import prefer_fork, warm_up
     from .planexe import load_planexe
-    from .rundir import RunDirError, prepare_run_dir
+    from .rundir import RunDirError, prepare_run_dir, state_dir_for
 
     planexe = load_planexe()
     try:
@@ -140,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         prepare_run_dir(run_dir, prompt)
     except RunDirError as exc:
         raise UsageError(str(exc)) from exc
-    set_config_values({"events_file": str(run_dir / ".planexe_concurrency" / "events.jsonl")})
+    set_config_values({"events_file": str(state_dir_for(run_dir) / "events.jsonl")})
     stop_flag = run_dir / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
     stop_flag.unlink(missing_ok=True)
 
@@ -163,8 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{workers} worker(s), models {llm_models}, run dir {run_dir}",
         flush=True,
     )
-    state_dir = run_dir / ".planexe_concurrency"
-    stop_recording = record_task_events(state_dir / "tasks.jsonl")
+    stop_recording = record_task_events(state_dir_for(run_dir) / "tasks.jsonl")
     started = time.perf_counter()
     build_kwargs: dict[str, Any] = {"workers": workers, "detailed_summary": True}
     if args.scheduler_host:
@@ -226,6 +230,20 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hook(args: argparse.Namespace) -> int:
+    from .startup import hook_installed, hook_path, install_hook, remove_hook
+
+    if args.action == "install":
+        path, changed = install_hook()
+        print(f"{path}: {'installed' if changed else 'already installed, nothing to do'}")
+    elif args.action == "remove":
+        path, changed = remove_hook()
+        print(f"{path}: {'removed' if changed else 'not installed, nothing to do'}")
+    else:
+        print(f"{hook_path()}: {'installed' if hook_installed() else 'not installed'}")
+    return 0
+
+
 def cmd_simllm(args: argparse.Namespace) -> int:
     from planexe_concurrency.simllm.cli import serve_main
 
@@ -238,7 +256,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(list(args.rest))
 
 
-COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "patch": cmd_patch, "simllm": cmd_simllm, "bench": cmd_bench}
+COMMANDS = {
+    "run": cmd_run, "check-config": cmd_check_config, "patch": cmd_patch, "hook": cmd_hook, "simllm": cmd_simllm, "bench": cmd_bench,
+}
 
 
 PASS_THROUGH = {"bench": 1, "simllm": 2}  # commands that parse their own options: words they keep

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-STATE_DIR = ".planexe_concurrency"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DURATION = re.compile(r'("duration":\s*)\d+(\.\d+)?')
 _GENERATED_ON = re.compile(r"Generated on: [0-9: -]+")
@@ -31,11 +30,11 @@ _UNFINISHED_WRITE = re.compile(r"^\..+\.tmp$")
 
 
 def plan_files(run_dir: Path) -> dict[str, bytes]:
-    """Every file of the run except our own state folder and unfinished temporary files."""
+    """Every file of the run except unfinished temporary files (our own folder lies beside the run, not in it)."""
     return {
         str(p.relative_to(run_dir)): p.read_bytes()
         for p in sorted(run_dir.rglob("*"))
-        if p.is_file() and STATE_DIR not in p.relative_to(run_dir).parts and not _UNFINISHED_WRITE.match(p.name)
+        if p.is_file() and not _UNFINISHED_WRITE.match(p.name)
     }
 
 

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import luigi
+import luigi.interface
 
 logger = logging.getLogger("planexe_concurrency")
 
@@ -35,7 +36,8 @@ WORKERS_ENV = "PLANEXE_WORKERS"
 DEFAULT_WORKERS = 4
 MAX_WORKERS = 64
 
-_real_build: Callable[..., Any] = luigi.build
+# Luigi's own build, whatever ``luigi.build`` has been replaced with (see startup.py).
+_real_build: Callable[..., Any] = luigi.interface.build
 
 
 def flag_on(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -67,6 +69,16 @@ def _pipeline_module_of(tasks: Sequence[luigi.Task]) -> ModuleType:
     if spec is not None and spec.name and spec.name != module.__name__:
         sys.modules.setdefault(spec.name, module)
     return module
+
+
+def _is_planexe_pipeline(tasks: Sequence[luigi.Task]) -> bool:
+    """The root task comes from a PlanExe pipeline module (any layout; ``__main__`` under ``python -m``)."""
+    from .planexe import LAYOUTS
+
+    module = sys.modules.get(type(tasks[0]).__module__)
+    spec = getattr(module, "__spec__", None)
+    names = {type(tasks[0]).__module__, getattr(spec, "name", None)}
+    return any(layout["pipeline"] in names for layout in LAYOUTS.values())
 
 
 # Imported lazily on the first LLM call, i.e. once per forked worker unless the parent has
@@ -121,21 +133,26 @@ def prefer_fork() -> None:
 def concurrent_build(tasks: Sequence[luigi.Task], *args: Any, workers: int = 1, **kwargs: Any) -> Any:
     """``luigi.build`` with the concurrent tasks bound in and ``PLANEXE_WORKERS`` workers."""
     tasks = list(tasks)
+    if not tasks or not _is_planexe_pipeline(tasks):
+        return _real_build(tasks, *args, workers=workers, **kwargs)  # not PlanExe's build: untouched
     n_workers = workers_from_env()
-    if tasks:
-        module = _pipeline_module_of(tasks)
-        from .base import check_settings
-        from .pipeline import enable
+    module = _pipeline_module_of(tasks)
+    from .base import check_settings, tidy_finished_run
+    from .callback import remember
+    from .pipeline import enable
 
-        enable(module)
-        check_settings()
-        models = getattr(tasks[0], "llm_models", ()) or ()
-        if n_workers > 1:
-            prefer_fork()
-            seconds = warm_up(models)
-            logger.info("planexe-concurrency: warmed up the parent in %.2fs", seconds)
+    enable(module)
+    check_settings()
+    remember(*tasks)  # PlanExe's callback is called here, in this process, for every worker
+    if n_workers > 1:
+        prefer_fork()
+        seconds = warm_up(getattr(tasks[0], "llm_models", ()) or ())
+        logger.info("planexe-concurrency: warmed up the parent in %.2fs", seconds)
     logger.info("planexe-concurrency: luigi.build with %d workers (PlanExe asked for %d)", n_workers, workers)
-    return _real_build(tasks, *args, workers=n_workers, **kwargs)
+    result = _real_build(tasks, *args, workers=n_workers, **kwargs)
+    for task in tasks:
+        tidy_finished_run(task)
+    return result
 
 
 class _LuigiWithConcurrentBuild:

@@ -7,6 +7,7 @@ PlanExe is installed, and refuses a directory it cannot use with one clear line.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,22 @@ DEFAULT_PROMPT = (
     "Open a small neighbourhood bike repair café in a mid-sized town, run by volunteers, "
     "financed by a municipal grant and modest fees, opening within six months."
 )
+
+
+STATE_DIR_NAME = ".planexe_concurrency"
+
+
+def state_dir_for(run_dir: str | Path) -> Path:
+    """Our folder for a run (not created here): beside the run directory, never inside it.
+
+    PlanExe treats everything in the run directory as the plan: its progress counts the
+    files there, its worker service lists them, and its database worker zips the whole
+    folder for the user. So our records live in ``<parent>/.planexe_concurrency/<run name>/``:
+    on the same storage (every worker and every host on shared storage sees them, and a
+    rerun resumes from them), outside what PlanExe hands out.
+    """
+    run_dir = Path(os.path.abspath(run_dir))
+    return run_dir.parent / STATE_DIR_NAME / run_dir.name
 
 
 class RunDirError(ValueError):

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline_patches.bench import _environment, _records_between, run_pipeline  # noqa: E402
+from pipeline_patches.rundir import state_dir_for  # noqa: E402
 from planexe_concurrency.simllm import SimServer, SimServerConfig  # noqa: E402
 from planexe_concurrency.timing import read_task_spans  # noqa: E402
 
@@ -70,7 +71,7 @@ def main() -> int:
                 name = f"{label}-w{workers}-{rep + 1}"
                 print(f"overhead: {name} ...", file=sys.stderr, flush=True)
                 r = run_pipeline(name, args.out / name, sequential=sequential, workers=workers, **common)
-                spans = read_task_spans(Path(r.run_dir) / ".planexe_concurrency" / "tasks.jsonl")
+                spans = read_task_spans(state_dir_for(r.run_dir) / "tasks.jsonl")
                 t0, t1 = min(s.start for s in spans), max(s.end for s in spans)
                 busy = _union([(x.start, x.end) for x in _records_between(server.log, t0 - 1, t1 + 1)])
                 outside = r.wall - _union([(s.start, s.end) for s in spans])

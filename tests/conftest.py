@@ -18,7 +18,7 @@ from pipeline_patches.compare import differing_files, plan_files  # noqa: F401 -
 # The tests always run against our PlanExe double, even where a real PlanExe is importable.
 os.environ.setdefault("PLANEXE_CONCURRENCY_TARGET", "double")
 
-pytest_plugins = ["planexe_concurrency.simllm.fixtures"]
+pytest_plugins = ["planexe_concurrency.simllm.fixtures", "postgres"]
 
 FIXED_START_TIME = """{
   "server_iso_utc": "2026-01-05T09:30:00Z",
@@ -137,3 +137,20 @@ def http_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         mp.undo()
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def startup_hook() -> Iterator[Path]:
+    """The start-up hook in this environment's site-packages, as a user's install has it.
+
+    A wheel install ships it; an editable one (as here) gets it from ``planexe-concurrency hook
+    install``. Removed again at the end if this fixture installed it.
+    """
+    from pipeline_patches.startup import install_hook, remove_hook
+
+    path, installed = install_hook()
+    try:
+        yield path
+    finally:
+        if installed:
+            remove_hook()

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import PLAN_PROMPT, set_concurrency, write_start_files
 from pipeline_patches.cli import main
+from pipeline_patches.rundir import state_dir_for
 
 
 @pytest.fixture(autouse=True)
@@ -29,9 +30,10 @@ def test_run_on_the_built_in_defaults_writes_a_whole_plan(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     summary = tmp_path / "summary.json"
     assert main(["--log-level", "WARNING", "run", "--speed", "fast", "--workers", "2", "--latency", "0", "--summary-json", str(summary)]) == 0
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.name != ".planexe_concurrency"]
     assert (run_dir / "999-pipeline_complete.txt").exists()
-    assert (run_dir / ".planexe_concurrency" / "events.jsonl").exists()
+    assert not [p for p in run_dir.rglob("*") if "planexe_concurrency" in p.name]  # nothing of ours in the run
+    assert (state_dir_for(run_dir) / "events.jsonl").exists()
     data = json.loads(summary.read_text())
     assert data["ok"] and data["workers"] == 2 and data["layout"] == "double"
     assert "FullPlanPipeline" in " ".join(data["graph"])

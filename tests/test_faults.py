@@ -16,6 +16,7 @@ from conftest import PipelineRunner, differing_files
 from planexe_concurrency.simllm import SimServer
 from planexe_concurrency.simllm.server import max_requests_in_window
 from pipeline_patches.planexe import load_planexe
+from pipeline_patches.rundir import state_dir_for
 
 pytest.importorskip("llama_index.llms.openai_like")
 pytestmark = pytest.mark.slow
@@ -59,7 +60,7 @@ def test_pipeline_completes_with_identical_files_under_provider_faults(
     # the request budget held across the four forked workers, measured from the server's side
     window = 3.0
     assert max_requests_in_window(log, window, accepted_only=False) <= window * REQUESTS_PER_MINUTE / 60 + 2
-    slot_file = run_dir / ".planexe_concurrency" / "rate_limit.slots"
+    slot_file = state_dir_for(run_dir) / "rate_limit.slots"
     assert slot_file.is_file()
 
 
@@ -91,7 +92,7 @@ def test_a_model_that_always_fails_falls_back_to_the_next_as_planexe_does(
         outputs = task.output()
         for target in (outputs.values() if isinstance(outputs, dict) else [outputs]):
             target.remove()
-    shutil.rmtree(run_dir / ".planexe_concurrency", ignore_errors=True)
+    shutil.rmtree(state_dir_for(run_dir), ignore_errors=True)
     assert luigi.build(tasks, local_scheduler=True, log_level="WARNING")
     assert differing_files(http_reference, run_dir) == []
 

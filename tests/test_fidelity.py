@@ -7,6 +7,7 @@ from typing import Callable
 import pytest
 
 from conftest import PipelineRunner, differing_files, plan_files
+from pipeline_patches.rundir import state_dir_for
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def test_concurrent_outputs_are_byte_identical(
     assert len(plan_files(reference)) > 60
     assert differing_files(reference, run_dir) == []
     # the loops really went through the engine: one record per item
-    records = list((run_dir / ".planexe_concurrency" / "items").glob("*.record"))
+    records = list((state_dir_for(run_dir) / "items").glob("*.record"))
     assert len(records) >= (18 if fast else 20)  # FAST keeps 2 items per truncated loop: 8 + 5 x 2
 
 

@@ -11,8 +11,10 @@ import pytest
 
 from conftest import write_start_files
 from pipeline_patches.compare import plan_files
+from planexe_concurrency.events import ItemState, read_events
 from pipeline_patches.patch_planexe import apply, revert
 from pipeline_patches.planexe_double import DOUBLE_ROOT
+from pipeline_patches.rundir import state_dir_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +23,31 @@ REPO = Path(__file__).resolve().parent.parent
 ENTRY_POINT_EXTRAS = {"log.txt", "track_activity.jsonl", "expected_filenames1.json"}
 
 
+# FAST mode on the double: 18 loop items that keep resume records, plus PremiseAttack's 5 lenses.
+FAST_FANNED_OUT_ITEMS = 23
+
+
+def _events_file(run_dir: Path) -> Path:
+    return run_dir.parent / f"{run_dir.name}-events.jsonl"
+
+
+def _fanned_out_items(run_dir: Path) -> int:
+    """How many loop items the concurrent tasks completed (0 when PlanExe's own tasks ran)."""
+    path = _events_file(run_dir)
+    events = read_events(path) if path.exists() else []
+    return len({(e.task, e.item) for e in events if e.state is ItemState.COMPLETED})
+
+
 def _plan(run_dir: Path) -> dict[str, bytes]:
     return {k: v for k, v in plan_files(run_dir).items() if k not in ENTRY_POINT_EXTRAS}
 
 
 def _run(module: str, run_dir: Path, pythonpath: list[Path], **env_extra: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANEXE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANEXE_", "LUIGI_"))}
+    cfg = run_dir.parent / f"{run_dir.name}.cfg"  # the fan-out's events, to see which items ran concurrently
+    cfg.write_text(f"[planexe_concurrency]\nevents_file = {_events_file(run_dir)}\n")
     env.update(
+        LUIGI_CONFIG_PATH=str(cfg),
         PYTHONPATH=os.pathsep.join(str(p) for p in pythonpath),
         RUN_ID_DIR=str(run_dir),
         LLM_MODEL="simulated",
@@ -52,14 +72,15 @@ def test_patched_entry_point_flag_off_is_planexe_and_flag_on_is_concurrent(patch
     off = write_start_files(tmp_path / "off")
     proc = _run("worker_plan_internal.plan.run_plan_pipeline", off, [patched_copy, REPO])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert not (off / ".planexe_concurrency").exists()  # PlanExe's own tasks ran
+    assert not state_dir_for(off).exists() and _fanned_out_items(off) == 0  # PlanExe's own tasks ran
     assert "planexe-concurrency" not in proc.stdout + proc.stderr
 
     on = write_start_files(tmp_path / "on")
     proc = _run("worker_plan_internal.plan.run_plan_pipeline", on, [patched_copy, REPO], PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="3")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "luigi.build with 3 workers" in proc.stdout + proc.stderr
-    assert len(list((on / ".planexe_concurrency" / "items").glob("*.record"))) == 18
+    assert _fanned_out_items(on) == FAST_FANNED_OUT_ITEMS
+    assert not (state_dir_for(on) / "items").exists()  # a finished run keeps no item records
     assert _plan(on) == _plan(off)
 
 
@@ -75,12 +96,12 @@ def test_drop_in_entry_point_both_ways(tmp_path: Path) -> None:
     off = write_start_files(tmp_path / "off")
     proc = _run("pipeline_patches.run_plan_pipeline", off, [REPO], PLANEXE_CONCURRENCY_TARGET="double")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert not (off / ".planexe_concurrency").exists()
+    assert not state_dir_for(off).exists() and _fanned_out_items(off) == 0
 
     on = write_start_files(tmp_path / "on")
     proc = _run("pipeline_patches.run_plan_pipeline", on, [REPO], PLANEXE_CONCURRENCY_TARGET="double", PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert (on / ".planexe_concurrency" / "items").is_dir()
+    assert _fanned_out_items(on) == FAST_FANNED_OUT_ITEMS
     assert _plan(on) == _plan(off)
 
 
@@ -90,3 +111,89 @@ def test_revert_restores_the_checkout(patched_copy: Path, tmp_path: Path) -> Non
     revert(copy)
     original = (DOUBLE_ROOT / "worker_plan_internal" / "plan" / "run_plan_pipeline.py").read_bytes()
     assert (copy / "worker_plan_internal" / "plan" / "run_plan_pipeline.py").read_bytes() == original
+
+
+# -- the start-up hook: every entry point, no file of PlanExe's edited ------------------------
+OURS = ("pipeline_patches", "planexe_concurrency")
+LIST_OURS = (
+    "import sys, luigi, luigi.interface, worker_plan_internal.plan.run_plan_pipeline;"
+    f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OURS!r}));"
+    "print(luigi.build is luigi.interface.build)"
+)
+
+
+def _python(code: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANEXE_")}
+    env.update(PYTHONPATH=str(DOUBLE_ROOT), **env_extra)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_with_the_flag_off_the_hook_imports_nothing_of_ours(startup_hook: Path) -> None:
+    assert startup_hook.read_text().startswith("import os;")
+    for off in ({}, {"PLANEXE_CONCURRENCY": "0"}, {"PLANEXE_CONCURRENCY": "off"}):
+        proc = _python(LIST_OURS, **off)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == ["[]", "True"]  # PlanExe's own luigi.build, and no module of ours
+    proc = _python(LIST_OURS, PLANEXE_CONCURRENCY="1")
+    assert proc.stdout.splitlines()[1] == "False"  # with the flag on, luigi.build is ours once luigi is imported
+
+
+def test_with_the_flag_on_a_build_that_is_not_planexes_passes_through(startup_hook: Path, tmp_path: Path) -> None:
+    code = (
+        "import luigi\n"
+        "class Hello(luigi.Task):\n"
+        f"    def output(self): return luigi.LocalTarget({str(tmp_path / 'hello.txt')!r})\n"
+        "    def run(self):\n"
+        "        with self.output().open('w') as f: f.write('hi')\n"
+        "print(luigi.build([Hello()], local_scheduler=True, workers=1, log_level='WARNING'))\n"
+        "import sys; print(sorted(m for m in sys.modules if m.startswith('pipeline_patches.') and m != 'pipeline_patches.startup'))"
+    )
+    proc = _python(code, PLANEXE_CONCURRENCY="1")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "hello.txt").read_text() == "hi"
+    assert proc.stdout.splitlines()[-2] == "True"
+    assert proc.stdout.splitlines()[-1] == "['pipeline_patches.flag_toggle', 'pipeline_patches.planexe']"  # not the patches
+
+
+def test_the_hook_makes_planexes_unedited_entry_point_and_its_launcher_concurrent(startup_hook: Path, tmp_path: Path) -> None:
+    """The double's own CLI entry and its worker_plan-style launcher (a subprocess), both unedited."""
+    off = write_start_files(tmp_path / "off")
+    proc = _run("worker_plan_internal.plan.run_plan_pipeline", off, [DOUBLE_ROOT])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "planexe-concurrency" not in proc.stdout + proc.stderr
+    assert not state_dir_for(off).exists() and _fanned_out_items(off) == 0
+
+    on = write_start_files(tmp_path / "on")
+    proc = _run("worker_plan_internal.plan.run_plan_pipeline", on, [DOUBLE_ROOT], PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="3")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "luigi.build with 3 workers" in proc.stdout + proc.stderr
+    assert _fanned_out_items(on) == FAST_FANNED_OUT_ITEMS
+    assert not (state_dir_for(on) / "items").exists()  # a finished run keeps no item records
+    assert _plan(on) == _plan(off)
+
+    launched = write_start_files(tmp_path / "launched")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANEXE_")}
+    env.update(PYTHONPATH=str(DOUBLE_ROOT), PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker_plan_app", str(launched), "simulated", "fast_but_skip_details"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "luigi.build with 2 workers" in proc.stdout + proc.stderr
+    assert _plan(launched) == _plan(off)
+
+
+def test_a_wheel_ships_the_startup_hook_at_the_top_of_site_packages(tmp_path: Path) -> None:
+    import zipfile
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("planexe_concurrency-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "planexe_concurrency_startup.pth" in names  # top level: pip puts it straight into site-packages
+    assert "pipeline_patches/startup.py" in names
+    line = zipfile.ZipFile(wheel).read("planexe_concurrency_startup.pth").decode()
+    assert line == (REPO / "pipeline_patches" / "planexe_concurrency_startup.pth").read_text()

@@ -76,8 +76,7 @@ def test_lenient_compare_forgives_only_uuids_durations_and_report_time(tmp_path:
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d, u, dur, stamp in ((a, "8f14e45f-ceea-467f-a0a4-6a2b1c7e8d90", 1, "2026-01-01 10:00:00"), (b, "c9f0f895-fb98-4b9a-8a6f-0d1e2f3a4b5c", 2, "2026-01-01 10:05:09")):
-        (d / ".planexe_concurrency").mkdir(parents=True)
-        (d / ".planexe_concurrency" / "x.record").write_text(str(dur))
+        d.mkdir(parents=True)
         (d / "raw.json").write_text(f'{{"id": "{u}", "metadata": {{"duration": {dur}}}}}')
         (d / "report.html").write_text(f"<p>Generated on: {stamp} with PlanExe.</p>")
         (d / "same.txt").write_text("same")

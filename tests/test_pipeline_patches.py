@@ -17,6 +17,7 @@ from conftest import PipelineRunner, differing_files, set_concurrency, write_sta
 from planexe_concurrency.events import ItemState, read_events
 from pipeline_patches import pipeline as patches
 from pipeline_patches.planexe import load_planexe
+from pipeline_patches.rundir import state_dir_for
 
 REPO = Path(__file__).resolve().parent.parent
 pe = load_planexe()
@@ -110,7 +111,7 @@ def test_luigi_command_line_with_several_workers(reference: Path, new_run_dir: C
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert differing_files(reference, run_dir) == []
-    assert (run_dir / ".planexe_concurrency" / "items").is_dir()
+    assert (state_dir_for(run_dir) / "items").is_dir()
 
 
 class FileProgress:
@@ -142,7 +143,7 @@ def test_forked_workers_report_progress_and_a_stop_ends_every_task_then_resumes(
     reference: Path, new_run_dir: Callable[[str], Path], run_pipeline: PipelineRunner, tmp_path: Path
 ) -> None:
     run_dir = new_run_dir("stop")
-    events_file = run_dir / ".planexe_concurrency" / "events.jsonl"
+    events_file = state_dir_for(run_dir) / "events.jsonl"
     progress = tmp_path / "progress.jsonl"
     latency = os.environ.get("PLANEXE_SIMLLM_LATENCY")
     os.environ["PLANEXE_SIMLLM_LATENCY"] = "0.05"
@@ -160,7 +161,9 @@ def test_forked_workers_report_progress_and_a_stop_ends_every_task_then_resumes(
     flag = run_dir / pe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
     assert flag.exists()
     lines = [json.loads(x) for x in progress.read_text().splitlines()]
-    assert len({x["pid"] for x in lines}) > 1  # the callback ran in several forked workers; the parent sees it
+    # tasks of several forked workers reported, and every call ran in the parent, which owns the callback
+    assert len({x["task"] for x in lines}) > 1
+    assert {x["pid"] for x in lines} == {os.getpid()}
     # after the stop, no fan-out item started more than one call's latency later
     stopped_at = flag.stat().st_mtime
     events = read_events(events_file)
@@ -193,7 +196,7 @@ def test_resume_reuses_finished_items_and_redoes_corrupt_ones(
     assert sum(e.state is ItemState.RUNNING for e in first) == 5
     assert differing_files(reference, run_dir) == []
 
-    records = sorted((run_dir / ".planexe_concurrency" / "items").glob("023-1-*.record"))
+    records = sorted((state_dir_for(run_dir) / "items").glob("023-1-*.record"))
     assert len(records) == 5
     records[1].write_text('{"fingerprint": "x", "rec')  # a record cut short
     (run_dir / "023-1-3-wbs_level3_raw.json").unlink()  # a raw file gone (its record is fine)
@@ -227,7 +230,7 @@ def test_stop_request_inside_a_loop_is_not_wrapped(reference: Path, tmp_path: Pa
     run_dir = _copy_run(reference, tmp_path / "stop-inside")
     for p in run_dir.glob("022-*"):
         p.unlink()
-    shutil.rmtree(run_dir / ".planexe_concurrency", ignore_errors=True)
+    shutil.rmtree(state_dir_for(run_dir), ignore_errors=True)
 
     def stop(task: Any, duration: float) -> None:
         raise pe.PipelineStopRequested("user closed the tab")

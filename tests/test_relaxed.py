@@ -13,6 +13,7 @@ from conftest import PipelineRunner, differing_files, set_concurrency, write_sta
 from planexe_concurrency.config import ConfigError, read_config, validate
 from planexe_concurrency.events import ItemState, read_events
 from pipeline_patches import pipeline as patches
+from pipeline_patches.rundir import state_dir_for
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out["exact"] = write_start_files(tmp_path_factory.mktemp("exact"))
         assert runner(out["exact"], concurrent=False)
         out["relaxed"] = write_start_files(tmp_path_factory.mktemp("relaxed"))
-        events = out["relaxed"] / ".planexe_concurrency" / "events.jsonl"
+        events = state_dir_for(out["relaxed"]) / "events.jsonl"
         assert runner(out["relaxed"], concurrent=True, workers=4, fidelity="relaxed", max_parallel=32, events_file=str(events))
     finally:
         cfg.remove_section("planexe_concurrency")
@@ -65,7 +66,7 @@ def test_relaxed_run_keeps_planexes_files_and_schemas(runs: dict[str, Path]) -> 
 
 
 def _sent(run_dir: Path, task: str) -> list[list[dict[str, str]]]:
-    return json.loads((run_dir / ".planexe_concurrency" / "relaxed" / f"{task}.json").read_text())
+    return json.loads((state_dir_for(run_dir) / "relaxed" / f"{task}.json").read_text())
 
 
 def test_relaxed_prompts_do_not_carry_earlier_answers(runs: dict[str, Path]) -> None:
@@ -82,7 +83,7 @@ def test_relaxed_prompts_do_not_carry_earlier_answers(runs: dict[str, Path]) -> 
 
 
 def test_relaxed_requests_are_in_flight_together(runs: dict[str, Path]) -> None:
-    events = read_events(runs["relaxed"] / ".planexe_concurrency" / "events.jsonl")
+    events = read_events(state_dir_for(runs["relaxed"]) / "events.jsonl")
     for task, calls in (("ReviewPlanTask", 16), ("SelfAuditTask", 20), ("PremortemTask", 3), ("QuestionsAndAnswersTask", 2)):
         running = [e for e in events if e.task == task and e.state is ItemState.RUNNING]
         assert len(running) == calls, task
@@ -103,8 +104,8 @@ def test_relaxed_can_be_chosen_per_task_and_checked(tmp_path: Path, runs: dict[s
     assert differing_files(runs["exact"], run_dir) == ["024-1-review_plan_raw.json", "024-2-review_plan.md"]
     sent = _sent(run_dir, "ReviewPlanTask")  # reconcile = questions: every earlier question, no answer
     assert [len(r) for r in sent] == list(range(2, 18)) and all(m["role"] != "assistant" for r in sent for m in r)
-    assert not list((run_dir / ".planexe_concurrency" / "relaxed").glob("SelfAudit*"))
-    assert not [p for p in (run_dir / ".planexe_concurrency" / "relaxed").rglob("*") if p.is_file() and "scratch" in p.parts]
+    assert not list((state_dir_for(run_dir) / "relaxed").glob("SelfAudit*"))
+    assert not [p for p in (state_dir_for(run_dir) / "relaxed").rglob("*") if p.is_file() and "scratch" in p.parts]
 
 
 def test_bad_fidelity_values_are_refused(luigi_config: Any) -> None:

@@ -24,6 +24,7 @@ from conftest import differing_files, http_reference_calls
 from planexe_concurrency.events import ItemState, read_events
 from planexe_concurrency.simllm import SimServer
 from pipeline_patches.compare import plan_files
+from pipeline_patches.rundir import state_dir_for
 
 pytest.importorskip("llama_index.llms.openai_like")
 pytestmark = pytest.mark.slow
@@ -46,8 +47,8 @@ def _luigi_cmd(run_dir: Path, *extra: str, speed: str = FAST, task: str = "Concu
     return [
         sys.executable, "-m", "luigi", "--module", "pipeline_patches.pipeline", task,
         "--run-id-dir", str(run_dir), "--llm-models", '["simulated-http"]', "--speedvsdetail", speed,
-        "--planexe-concurrency-events-file", str(run_dir / ".planexe_concurrency" / "events.jsonl"),
-        "--planexe-concurrency-task-events-file", str(run_dir / ".planexe_concurrency" / "tasks.jsonl"),
+        "--planexe-concurrency-events-file", str(state_dir_for(run_dir) / "events.jsonl"),
+        "--planexe-concurrency-task-events-file", str(state_dir_for(run_dir) / "tasks.jsonl"),
         *extra,
     ]
 
@@ -85,7 +86,7 @@ def luigid(tmp_path: Path) -> Iterator[int]:
 
 
 def _task_lines(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / ".planexe_concurrency" / "tasks.jsonl"
+    path = state_dir_for(run_dir) / "tasks.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -169,8 +170,8 @@ def test_kill_9_in_the_middle_of_wbs_level3_then_rerun(
     n_before = len(server.log)
     assert _whole_or_absent(run_dir, http_reference) == []  # nothing half-written
 
-    events = run_dir / ".planexe_concurrency" / "events.jsonl"
-    events.rename(run_dir / ".planexe_concurrency" / "events-first.jsonl")
+    events = state_dir_for(run_dir) / "events.jsonl"
+    events.rename(state_dir_for(run_dir) / "events-first.jsonl")
     rerun = subprocess.run(cmd, env=_env(server), capture_output=True, text=True, timeout=180)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert differing_files(http_reference, run_dir) == []
@@ -233,7 +234,7 @@ def test_a_planexe_task_killed_while_writing_its_last_file_runs_again(
     assert len(told) == 1 and re.search(r"WARNING\b.* started in an earlier run \(process \d+ on .+, now gone\)", told[0]), told
     started_again = [line["task"] for line in _task_lines(run_dir) if line["event"] == "start"]
     assert started_again.count("IdentifyPurposeTask") == 2  # killed once, then redone
-    assert list((run_dir / ".planexe_concurrency" / "started").iterdir()) == []  # every mark removed on success
+    assert list((state_dir_for(run_dir) / "started").iterdir()) == []  # every mark removed on success
 
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
@@ -292,7 +293,7 @@ def test_a_corrupt_per_item_raw_file_is_redone_not_trusted(
     monkeypatch.setenv("PLANEXE_SIMLLM_URL", server.url)
     run_dir = tmp_path / "corrupt"
     shutil.copytree(http_reference, run_dir)
-    events = run_dir / ".planexe_concurrency" / "events.jsonl"
+    events = state_dir_for(run_dir) / "events.jsonl"
     set_concurrency(luigi_config, events_file=str(events))
     task = patches.CreateWBSLevel3Task(
         run_id_dir=run_dir, llm_models=["simulated-http"], speedvsdetail=patches.pe.SpeedVsDetailEnum.FAST_BUT_SKIP_DETAILS
@@ -304,7 +305,7 @@ def test_a_corrupt_per_item_raw_file_is_redone_not_trusted(
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
     assert len(server.log) == 2
     task.output().remove()
-    (run_dir / ".planexe_concurrency" / "items" / f"{first.name}.record").unlink()
+    (state_dir_for(run_dir) / "items" / f"{first.name}.record").unlink()
     for path in (first, second):
         path.write_text(whole[path][: len(whole[path]) // 2])
     server.clear_log()
@@ -339,7 +340,7 @@ def test_every_fan_out_log_line_names_task_and_item_and_none_is_lost_or_torn(
     ours = [line for line in text.splitlines() if "task=" in line]
     torn = [line for line in ours if not FAN_OUT_LINE.match(line) or line.count("task=") != 1]
     assert torn == []
-    events = read_events(run_dir / ".planexe_concurrency" / "events.jsonl")
+    events = read_events(state_dir_for(run_dir) / "events.jsonl")
     logged: collections.Counter[tuple[str, int, str]] = collections.Counter()
     for line in ours:
         match, state = FAN_OUT_LINE.match(line), re.search(r" state=(\w+)", line)

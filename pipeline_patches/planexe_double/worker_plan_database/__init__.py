@@ -1,0 +1,1 @@
+"""Stand-in for PlanExe's multi-user database worker (see app.py)."""
