@@ -32,6 +32,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +47,10 @@ LIVENESS_INTERVAL = 0.5
 REQUEST_TIMEOUT = 30.0
 
 _servers: "weakref.WeakSet[OwnerCallServer]" = weakref.WeakSet()
+
+FOLDER_PREFIX = "planexe-concurrency-calls-"
+# A folder younger than this may belong to an owner that has not started listening yet.
+STALE_AFTER = 60.0
 
 
 class OwnerGone(RuntimeError):
@@ -87,7 +92,8 @@ class OwnerCallServer:
             raise RuntimeError("OwnerCallServer.start() must be called in the process that created it")
         if self._listener is not None:
             return self
-        self._folder = Path(tempfile.mkdtemp(prefix="planexe-concurrency-calls-"))  # mode 0700: this user only
+        remove_stale_folders()
+        self._folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # mode 0700: this user only
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.address)  # type: ignore[arg-type]
         listener.listen(64)
@@ -199,6 +205,25 @@ class OwnerCallServer:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()  # the child's copy only; the owner keeps serving
+
+
+def remove_stale_folders(now: float | None = None) -> int:
+    """Remove this user's socket folders whose owner is gone (killed before its exit handler ran)."""
+    now = time.time() if now is None else now
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
+        try:
+            info = folder.stat()
+            if info.st_uid != os.getuid() or now - info.st_mtime < STALE_AFTER:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(str(folder / "calls.sock"))  # someone still listens: not stale
+        except (ConnectionRefusedError, FileNotFoundError):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _encode(message: Message) -> bytes:

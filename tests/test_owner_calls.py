@@ -279,3 +279,28 @@ def test_an_owner_that_dies_after_the_request_closes_the_call(child_view: OwnerC
     monkeypatch.setattr(OwnerCallServer, "owner_alive", lambda self: False)
     with pytest.raises(OwnerGone, match="is gone"):
         child_view.call({"name": "slow"})
+
+
+def test_folders_of_owners_that_died_are_removed_and_live_ones_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from planexe_concurrency import owner_calls
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    folders = {name: tmp_path / f"{owner_calls.FOLDER_PREFIX}{name}" for name in ("live", "dead", "young", "other")}
+    for folder in folders.values():
+        folder.mkdir()
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(folders["live"] / "calls.sock"))
+    live.listen(1)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(folders["dead"] / "calls.sock"))
+    dead.close()  # bound, never listening again: its owner is gone
+    (tmp_path / "unrelated").mkdir()
+    now = time.time()
+    old = now - owner_calls.STALE_AFTER - 1
+    for name in ("live", "dead", "other"):
+        os.utime(folders[name], (old, old))
+    assert owner_calls.remove_stale_folders(now=now) == 2  # dead, and other (old, no socket at all)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folders["live"].name, folders["young"].name, "unrelated"])
+    live.close()
