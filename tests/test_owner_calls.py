@@ -304,3 +304,36 @@ def test_folders_of_owners_that_died_are_removed_and_live_ones_kept(tmp_path: Pa
     assert owner_calls.remove_stale_folders(now=now) == 2  # dead, and other (old, no socket at all)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folders["live"].name, folders["young"].name, "unrelated"])
     live.close()
+
+
+def test_the_childs_side_of_a_fork_in_process(child_view: OwnerCallServer, server: OwnerCallServer) -> None:
+    """What a forked child does to its copy (run here on a copy, where coverage sees it)."""
+    with pytest.raises(RuntimeError, match="must be called in the process that created it"):
+        child_view.start()
+    copy_of_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a fork duplicates the descriptor
+    child_view._listener = copy_of_listener
+    child_view._after_fork_in_child()
+    assert child_view._listener is None and copy_of_listener.fileno() == -1  # the child's copy is closed
+    assert child_view._lock is not server._lock
+    assert child_view.call({"name": "x", "n": 5})["echo"] == 5  # and the owner still serves it over the socket
+
+
+def test_a_reply_that_never_comes_is_owner_gone(child_view: OwnerCallServer, tmp_path: Path) -> None:
+    folder = tmp_path / "mute"
+    folder.mkdir()
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(str(folder / "calls.sock"))
+    mute.listen(1)
+
+    def hang_up() -> None:
+        conn, _ = mute.accept()
+        conn.recv(100)
+        conn.close()  # read the request, answered nothing
+
+    t = threading.Thread(target=hang_up)
+    t.start()
+    child_view._folder = folder
+    with pytest.raises(OwnerGone, match="closed the call without an answer"):
+        child_view.call({"name": "x"})
+    t.join(5)
+    mute.close()
