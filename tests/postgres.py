@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -43,6 +43,24 @@ class PostgresServer:
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def admin(self) -> Any:
+        """A psycopg2 connection to the server's own database, in autocommit (for CREATE/DROP DATABASE)."""
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        return conn
+
+    def create_database(self) -> str:
+        """A new, empty database; its SQLAlchemy URL."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        admin = self.admin()
+        try:
+            admin.cursor().execute(f"CREATE DATABASE {name}")
+        finally:
+            admin.close()
+        return self.url(name)
 
     def log_size(self) -> int:
         return self.log.stat().st_size if self.log.exists() else 0
@@ -88,12 +106,11 @@ def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
     """A new, empty database for one test; its SQLAlchemy URL."""
     import psycopg2
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=postgres_server.port, user="postgres", dbname="postgres")
-    admin.autocommit = True
+    url = postgres_server.create_database()
+    yield url
+    name = url.rsplit("/", 1)[1]
+    admin = postgres_server.admin()
     try:
-        admin.cursor().execute(f"CREATE DATABASE {name}")
-        yield postgres_server.url(name)
         deadline = time.time() + 10
         while True:
             try:

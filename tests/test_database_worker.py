@@ -56,18 +56,22 @@ class Worker:
         return self.log.read_text()
 
 
-@pytest.fixture
-def database(postgres_database: str) -> Iterator[Any]:
-    """The worker's schema (created as the worker creates it) plus a trigger that logs every progress update."""
-    env = {**os.environ, "PLANEXE_DOUBLE_DATABASE_URL": postgres_database, "PYTHONPATH": str(DOUBLE_ROOT)}
+def worker_database(url: str) -> Any:
+    """The worker's schema in the database at ``url``, created as the worker creates it; an engine on it."""
+    env = {**os.environ, "PLANEXE_DOUBLE_DATABASE_URL": url, "PYTHONPATH": str(DOUBLE_ROOT)}
     subprocess.run(
         [sys.executable, "-c", "from worker_plan_database.app import create_schema; create_schema()"],
         env=env, check=True, capture_output=True, timeout=60,
     )
-    engine = sqlalchemy.create_engine(postgres_database)
+    return sqlalchemy.create_engine(url)
+
+
+@pytest.fixture
+def database(postgres_database: str) -> Iterator[Any]:
+    """The worker's schema plus a trigger that logs every progress update."""
+    engine = worker_database(postgres_database)
     with engine.begin() as conn:
         conn.execute(text(PROGRESS_TRIGGER))
-    engine.url_text = postgres_database  # type: ignore[attr-defined]
     yield engine
     engine.dispose()
 
@@ -91,7 +95,7 @@ def start_worker(engine: Any, tmp_path: Path, name: str, *, flag: bool, workers:
     env.update(
         PYTHONPATH=str(DOUBLE_ROOT),
         LUIGI_CONFIG_PATH=str(cfg),
-        PLANEXE_DOUBLE_DATABASE_URL=engine.url_text,
+        PLANEXE_DOUBLE_DATABASE_URL=engine.url.render_as_string(hide_password=False),
         PLANEXE_RUN_DIR=str(tmp_path / "runs"),
         PLANEXE_DOUBLE_START_TIME_JSON=FIXED_START_TIME,
         PLANEXE_DOUBLE_WORKER_EXIT_WHEN_IDLE="1.5",
@@ -140,19 +144,8 @@ def raised(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sequential_reference(tmp_path_factory: pytest.TempPathFactory, postgres_server: Any) -> dict[str, Any]:
     """PlanExe's own worker (flag off): the callback calls and the files every concurrent run must match."""
-    import psycopg2
-
-    name = f"t_ref_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=postgres_server.port, user="postgres", dbname="postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    admin.close()
     tmp_path = tmp_path_factory.mktemp("db-reference")
-    env = {**os.environ, "PLANEXE_DOUBLE_DATABASE_URL": postgres_server.url(name), "PYTHONPATH": str(DOUBLE_ROOT)}
-    subprocess.run([sys.executable, "-c", "from worker_plan_database.app import create_schema; create_schema()"],
-                   env=env, check=True, capture_output=True, timeout=60)
-    engine = sqlalchemy.create_engine(postgres_server.url(name))
-    engine.url_text = postgres_server.url(name)  # type: ignore[attr-defined]
+    engine = worker_database(postgres_server.create_database())
     (request_id,) = add_requests(engine, 1)
     worker = start_worker(engine, tmp_path, "sequential", flag=False)
     output = finish(worker)

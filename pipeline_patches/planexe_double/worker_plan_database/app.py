@@ -19,7 +19,6 @@ pending row after which the worker exits; default: never), ``LLM_MODEL``.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import sys
@@ -33,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from worker_plan_api.filenames import ExtraFilenameEnum, FilenameEnum
 from worker_plan_api.speedvsdetail import SpeedVsDetailEnum
+from worker_plan_api.start_time import StartTime
 from worker_plan_internal.llm_util.llm_executor import PipelineStopRequested
 from worker_plan_internal.plan.run_plan_pipeline import ExecutePipeline, HandleTaskCompletionParameters
 
@@ -147,16 +147,12 @@ def zip_of(run_dir: Path) -> bytes:
 def process(request_id: str, prompt: str, fast: bool, base: Path) -> None:
     run_dir = base / request_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    start = datetime.now().astimezone().replace(microsecond=0)
-    start_json = os.environ.get("PLANEXE_DOUBLE_START_TIME_JSON") or json.dumps(
-        {
-            "server_iso_utc": start.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "server_iso_local": start.isoformat(),
-            "server_timezone_name": start.tzname() or "unknown",
-        },
-        indent=2,
-    )
-    (run_dir / FilenameEnum.START_TIME.value).write_text(start_json)
+    start_path = run_dir / FilenameEnum.START_TIME.value
+    fixed = os.environ.get("PLANEXE_DOUBLE_START_TIME_JSON")
+    if fixed:
+        start_path.write_text(fixed)
+    else:
+        StartTime.create(datetime.now().astimezone()).save(str(start_path))
     (run_dir / FilenameEnum.INITIAL_PLAN.value).write_text(f"Plan:\n{prompt}")
     speed = SpeedVsDetailEnum.FAST_BUT_SKIP_DETAILS if fast else SpeedVsDetailEnum.ALL_DETAILS_BUT_SLOW
     pipeline = ServerExecutePipeline(
