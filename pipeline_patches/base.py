@@ -1,36 +1,28 @@
-"""What every concurrent PlanExe task shares: settings, the engine, resume records, stop handling.
+"""What every patched PlanExe task shares: settings, the engine, the executor, start marks, stop handling.
 
-A concurrent task is PlanExe's own task class with :class:`ConcurrentTask` mixed in front
-of it. Its ``run_inner`` reads the same inputs, builds the same queries and writes the
-same files as PlanExe's, but hands the loop's calls to :meth:`ConcurrentTask.run_items`.
-
-Resume: each finished item leaves a record in ``items/`` of our folder beside the run (``rundir.state_dir_for``)
-(written atomically, before PlanExe's raw per-item file), holding what the merge step needs
-that PlanExe's raw file does not keep (e.g. the WBS ids PlanExe draws after the call). A
-rerun loads the record instead of calling the LLM, if the record's query fingerprint still
-matches, and rewrites the raw file if it is missing or differs.
+Our folder for a run lives beside its run directory (``rundir.state_dir_for``): the request
+budget's slot file, start marks, saved answers (``answers/``, see ``speculative.py``) and
+the speculation reports.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import luigi
 
-from planexe_concurrency.config import FanOutSettings, read_config, settings_from_config, task_value, validate
-from planexe_concurrency.events import default_listeners, one_line
-from planexe_concurrency.fanout import FanOut, FanOutError, ItemFailedError, ItemFailure
+from planexe_concurrency.config import FanOutSettings, read_config, settings_from_config, validate
+from planexe_concurrency.events import default_listeners
+from planexe_concurrency.fanout import FanOut, ItemFailedError
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
 from planexe_concurrency.ratelimit import SharedSlotFile, pace_llm_requests, stop_pacing_llm_requests
-from planexe_concurrency.resume import ItemCache, StartMarks, atomic_write_text, json_text
+from planexe_concurrency.resume import StartMarks
 
 from .callback import call_callback
 from .planexe import load_planexe
@@ -45,25 +37,6 @@ def state_dir_of(task: luigi.Task) -> Path:
 # Taken when this module is first imported: in the Luigi parent, before it forks workers.
 # A stop flag older than this belongs to an earlier run and is ignored.
 PROCESS_STARTED = time.time()
-
-Record = dict[str, Any]
-
-
-@dataclass
-class Item:
-    """One independent LLM call of a PlanExe loop.
-
-    ``call(llm)`` returns a JSON-serialisable record. ``raw_file`` (a file name in run_id_dir)
-    is PlanExe's per-item file, rendered from the record by ``raw_text``.
-    ``fingerprint`` is the query: a saved record is reused only for the same query.
-    """
-
-    label: str
-    call: Callable[[Any], Record]
-    fingerprint: str
-    raw_file: str | None = None
-    raw_text: Callable[[Record], str] = field(default=lambda record: json_text(record["raw"]))
-
 
 def known_task_names() -> set[str]:
     pipeline = load_planexe().pipeline
@@ -81,6 +54,13 @@ def check_settings() -> None:
 
 
 RATE_LIMIT_FILE_NAME = "rate_limit.slots"
+
+
+def settings_for(task: luigi.Task) -> FanOutSettings:
+    """The task's fan-out settings (its overrides win), validated first."""
+    cfg = read_config()
+    validate(cfg, known_task_names())
+    return settings_from_config(cfg, task.task_family)
 
 
 def rate_limit_slots(task: luigi.Task) -> SharedSlotFile | None:
@@ -176,23 +156,32 @@ def plain_task_executor_class() -> type:
 
 
 def create_llm_executor(self: luigi.Task) -> Any:
-    """Stands in for ``PlanTask.create_llm_executor`` (see ``pipeline.enable``)."""
+    """Stands in for ``PlanTask.create_llm_executor`` (see ``pipeline.enable``).
+
+    During a speculative run (``speculative.py``) the task's session executor; otherwise
+    PlanExe's executor with retries, the request budget and the stop flag.
+    """
+    override = self.__dict__.get("_planexe_concurrency_executor")
+    if override is not None:
+        return override
     return plain_task_executor_class()(self)
 
 
 START_MARKS_DIR_NAME = "started"
-ITEMS_DIR_NAME = "items"
+ANSWERS_DIR_NAME = "answers"
+ITEMS_DIR_NAME = "items"  # item records of versions before 0.8 (tidied up as well)
+SCRATCH_DIR_NAME = "scratch"
 
 
 def tidy_finished_run(task: luigi.Task) -> None:
-    """Once the whole plan is done, drop what only a resume needs (item records, start marks).
+    """Once the whole plan is done, drop what only a resume needs (saved answers, start marks).
 
     A multi-user PlanExe makes a run directory per plan and purges old ones by name; our
     folder beside each would otherwise keep every answer of every plan. The event logs stay.
     """
     if not hasattr(task, "run_id_dir") or not task.complete():
         return
-    for name in (ITEMS_DIR_NAME, START_MARKS_DIR_NAME):
+    for name in (ANSWERS_DIR_NAME, ITEMS_DIR_NAME, SCRATCH_DIR_NAME, START_MARKS_DIR_NAME):
         shutil.rmtree(state_dir_of(task) / name, ignore_errors=True)
 
 
@@ -237,103 +226,3 @@ def complete_unless_interrupted(complete: Callable[[luigi.Task], bool]) -> Calla
         return False
 
     return complete_unless_interrupted
-
-
-class ConcurrentTask:
-    """Mixin for PlanExe task classes; put it first in the bases."""
-
-    # -- settings ----------------------------------------------------------------------
-    def concurrency_settings(self) -> FanOutSettings:
-        cfg = read_config()
-        validate(cfg, known_task_names())
-        return settings_from_config(cfg, self.task_family)  # type: ignore[attr-defined]
-
-    def concurrency_value(self, name: str) -> Any:
-        return task_value(read_config(), name, self.task_family)  # type: ignore[attr-defined]
-
-    # -- paths ------------------------------------------------------------------------
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.run_id_dir)  # type: ignore[attr-defined]
-
-    def state_dir(self) -> Path:
-        path = state_dir_of(self)  # type: ignore[arg-type]
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    # -- the engine ---------------------------------------------------------------------
-    def make_fanout(self, settings: FanOutSettings | None = None) -> FanOut:
-        return fanout_for(self, settings or self.concurrency_settings())  # type: ignore[arg-type]
-
-    def make_executor(self, settings: FanOutSettings | None = None) -> ConcurrentLLMExecutor:
-        return executor_for(self, settings or self.concurrency_settings())  # type: ignore[arg-type]
-
-    # -- running a loop -----------------------------------------------------------------
-    def _record_cache(self, index: int, item: Item) -> ItemCache[Record]:
-        name = item.raw_file or f"{self.task_family}-{index + 1}.json"  # type: ignore[attr-defined]
-        fingerprint = hashlib.sha256(item.fingerprint.encode("utf-8")).hexdigest()
-        raw_path = self.run_dir / item.raw_file if item.raw_file else None
-
-        def write_raw(record: Record) -> None:
-            if raw_path is None:
-                return
-            text = item.raw_text(record)
-            if not raw_path.exists() or raw_path.read_text(encoding="utf-8") != text:
-                atomic_write_text(raw_path, text)
-
-        def load(path: Path) -> Record:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("fingerprint") != fingerprint:
-                raise ValueError("the query changed since this record was saved")
-            write_raw(saved["record"])
-            return saved["record"]
-
-        def dump(record: Record) -> str:
-            return json.dumps({"fingerprint": fingerprint, "record": record}, indent=1)
-
-        return ItemCache(path=self.state_dir() / ITEMS_DIR_NAME / f"{name}.record", load=load, dump=dump, after_put=write_raw)
-
-    def run_items(
-        self,
-        items: Sequence[Item],
-        failure_message: Callable[[int], str],
-        *,
-        tolerate_failures: bool = False,
-    ) -> list[Record | None]:
-        """Run the items concurrently; records come back in item order.
-
-        Each item's record, then PlanExe's raw file, is written as soon as the item finishes.
-        A failure is raised as PlanExe's own ``ValueError(failure_message(index))``, unless
-        ``tolerate_failures`` (loops where PlanExe carries on past a failed item): then every
-        item runs and a failed one comes back as None. ``PipelineStopRequested`` always
-        passes through unwrapped.
-        """
-        (self.state_dir() / ITEMS_DIR_NAME).mkdir(exist_ok=True)
-        caches = [self._record_cache(i, item) for i, item in enumerate(items)]
-        settings = self.concurrency_settings()
-        if tolerate_failures:
-            settings = replace(settings, failure_mode="continue_on_error")
-        executor = self.make_executor(settings)
-        try:
-            return executor.run_batch(
-                [item.call for item in items], caches=caches, labels=[item.label for item in items]
-            )
-        except ItemFailedError as exc:
-            self._log_failures([exc.failure], len(items))
-            raise ValueError(failure_message(exc.index)) from exc.__cause__
-        except FanOutError as exc:
-            self._log_failures(exc.failures, len(items))
-            if tolerate_failures:
-                return exc.results
-            raise ValueError(failure_message(exc.failures[0].index)) from exc
-
-    def _log_failures(self, failures: Sequence[ItemFailure], total: int) -> None:
-        for failure in failures:
-            logger.error(
-                "task=%s item=%d/%d failed: %s: %s",
-                self.task_family, failure.index + 1, total, type(failure.error).__name__, one_line(failure.error),  # type: ignore[attr-defined]
-            )
-
-    def write_output(self, path: str | Path, text: str) -> None:
-        """PlanExe's final files, written atomically so a crash never leaves half a file that Luigi trusts."""
-        atomic_write_text(path, text)

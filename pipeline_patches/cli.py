@@ -200,20 +200,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     from planexe_concurrency.config import ConfigError, read_config, settings_from_config
 
+    from planexe_concurrency.config import task_value
+
     from .base import check_settings
-    from .pipeline import CONCURRENT_TASKS
 
     try:
         check_settings()
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     cfg = read_config()
-    print(f"[planexe_concurrency] fidelity={cfg.fidelity} governance_parallel={cfg.governance_parallel}")
-    for name in sorted(CONCURRENT_TASKS):
+    print(
+        f"[planexe_concurrency] fidelity={cfg.fidelity} speculate={str(cfg.speculate).lower()} "
+        f"governance_parallel={str(cfg.governance_parallel).lower()}"
+    )
+    for name in [None, *sorted(dict(cfg.task_overrides))]:
         s = settings_from_config(cfg, name)
         print(
-            f"{name}: max_parallel={s.max_parallel} failure_mode={s.failure_mode} "
-            f"requests_per_minute={s.requests_per_minute:g} retry_attempts={s.retry.attempts}"
+            f"{name or 'every task'}: max_parallel={s.max_parallel} failure_mode={s.failure_mode} "
+            f"requests_per_minute={s.requests_per_minute:g} retry_attempts={s.retry.attempts} "
+            f"speculate={str(task_value(cfg, 'speculate', name)).lower()} fidelity={task_value(cfg, 'fidelity', name)}"
         )
     return 0
 

@@ -6,9 +6,13 @@ PlanExe's own ``run_with_llm`` reads a placeholder instead (an empty JSON object
 and an empty markdown file). That changes phase 5's and phase 6's prompts, hence their
 answers: it is off by default, and on only when the user asks for it (or for
 ``fidelity = relaxed``). With the switch off these classes behave exactly like PlanExe's.
+
+The classes are made when the patches are enabled, from whichever of the two phases the
+PlanExe in use has (:func:`side_by_side_classes`); nothing here names a PlanExe class at import.
 """
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import luigi
@@ -16,11 +20,7 @@ import luigi
 from planexe_concurrency.config import read_config, task_value
 from planexe_concurrency.resume import atomic_write_text
 
-from .base import ConcurrentTask
-from .planexe import load_planexe
-
-pe = load_planexe()
-P = pe.pipeline
+from .base import state_dir_of
 
 PHASE4 = "governance_phase4_decision_escalation_matrix"
 PHASE5 = "governance_phase5_monitoring_progress"
@@ -33,7 +33,7 @@ def governance_parallel(task: str | None = None) -> bool:
     return bool(cfg.governance_parallel) or task_value(cfg, "fidelity", task) == "relaxed"
 
 
-class _SideBySide(ConcurrentTask):
+class _SideBySide:
     """Drops the inputs named in ``dropped`` when governance_parallel is on."""
 
     dropped: tuple[str, ...] = ()
@@ -52,8 +52,8 @@ class _SideBySide(ConcurrentTask):
         return inputs
 
     def _placeholder(self, key: str) -> dict[str, luigi.LocalTarget]:
-        folder = self.state_dir() / "placeholders"
-        folder.mkdir(exist_ok=True)
+        folder = state_dir_of(self) / "placeholders"  # type: ignore[arg-type]
+        folder.mkdir(parents=True, exist_ok=True)
         targets = {}
         for kind, text in (("raw", PLACEHOLDER_JSON), ("markdown", "")):
             path = folder / f"{key}-{kind}"
@@ -63,9 +63,18 @@ class _SideBySide(ConcurrentTask):
         return targets
 
 
-class GovernancePhase5MonitoringProgressTask(_SideBySide, P.GovernancePhase5MonitoringProgressTask):
-    dropped = (PHASE4,)
+# PlanExe's class name -> the inputs dropped when the phases run side by side.
+DROPPED: dict[str, tuple[str, ...]] = {
+    "GovernancePhase5MonitoringProgressTask": (PHASE4,),
+    "GovernancePhase6ExtraTask": (PHASE4, PHASE5),
+}
 
 
-class GovernancePhase6ExtraTask(_SideBySide, P.GovernancePhase6ExtraTask):
-    dropped = (PHASE4, PHASE5)
+def side_by_side_classes(pipeline: ModuleType) -> dict[str, type]:
+    """Subclasses of the phases ``pipeline`` has, under PlanExe's names (absent phases are skipped)."""
+    classes: dict[str, type] = {}
+    for name, dropped in DROPPED.items():
+        original = getattr(pipeline, name, None)
+        if isinstance(original, type) and issubclass(original, luigi.Task):
+            classes[name] = type(name, (_SideBySide, original), {"dropped": dropped, "__module__": __name__})
+    return classes

@@ -23,41 +23,21 @@ from planexe_concurrency.timing import append_task_event
 
 from planexe_concurrency.reuse import ReusedInstances
 
-from .assumptions import ConsolidateAssumptionsMarkdownTask
-from .diagnostics import PremiseAttackTask
-from .base import ConcurrentTask, check_settings, complete_unless_interrupted, create_llm_executor, start_marks
-from .documents import DraftDocumentsToCreateTask, DraftDocumentsToFindTask
-from .experts import ExpertReviewTask
+from .base import check_settings, complete_unless_interrupted, create_llm_executor, start_marks
 from .flag_toggle import import_lazy_modules
-from .governance import GovernancePhase5MonitoringProgressTask, GovernancePhase6ExtraTask
+from .governance import side_by_side_classes
 from .planexe import load_planexe
-from .relaxed import PremortemTask, QuestionsAndAnswersTask, ReviewPlanTask, SelfAuditTask
 from .rundir import RunDirError, check_run_dir
-from .wbs import CreateWBSLevel3Task, EstimateTaskDurationsTask
+from .speculative import speculative_run
 
 logger = logging.getLogger("planexe_concurrency")
 
 pe = load_planexe()
 P = pe.pipeline
 
-CONCURRENT_TASKS: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (
-        ConsolidateAssumptionsMarkdownTask,
-        DraftDocumentsToFindTask,
-        DraftDocumentsToCreateTask,
-        ExpertReviewTask,
-        EstimateTaskDurationsTask,
-        CreateWBSLevel3Task,
-        PremiseAttackTask,
-        ReviewPlanTask,
-        QuestionsAndAnswersTask,
-        PremortemTask,
-        SelfAuditTask,
-        GovernancePhase5MonitoringProgressTask,
-        GovernancePhase6ExtraTask,
-    )
-}
+# The only classes bound under PlanExe's names: the governance phases 4-6 side by side (a graph
+# change, opt-in), for whichever of them this PlanExe has. Every other task keeps PlanExe's class.
+CONCURRENT_TASKS: dict[str, type] = side_by_side_classes(P)
 
 _ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TASKS}
 
@@ -66,6 +46,7 @@ _ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TAS
 _PLAN_TASK_PATCHES: dict[str, Any] = {
     "create_llm_executor": create_llm_executor,
     "complete": complete_unless_interrupted(P.PlanTask.complete),
+    "run": speculative_run(P.PlanTask.run),
 }
 _PLAN_TASK_ORIGINALS: dict[str, Any] = {name: P.PlanTask.__dict__.get(name) for name in _PLAN_TASK_PATCHES}
 
@@ -76,14 +57,15 @@ REUSED_LLMS = ReusedInstances(_ORIGINAL_GET_LLM)
 
 
 def enable(module: ModuleType | None = None) -> None:
-    """Rebind PlanExe's task names in ``module`` (default: PlanExe's pipeline) to the concurrent classes.
+    """Patch PlanExe's ``PlanTask`` (and, opt-in, the governance phases' graph) in ``module`` (default: PlanExe's pipeline).
 
-    Every other task keeps PlanExe's code, but its ``create_llm_executor()`` now returns a
-    :class:`~pipeline_patches.base.PlainTaskExecutor`: same fallback and stop callback,
-    plus retries of transient errors and the run's shared request budget; and a task that
-    started in an earlier run and never finished is not complete, whatever files it left
-    (:func:`~pipeline_patches.base.complete_unless_interrupted`). Also makes PlanExe's
-    ``LLMModelFromName`` reuse LLM instances per thread (``REUSED_LLMS``).
+    Every task keeps PlanExe's class and code. ``PlanTask.run`` runs ``run_inner`` through
+    the speculative record and replay (``speculative.py``), so the independent LLM calls of
+    any task go out at once; ``create_llm_executor()`` returns PlanExe's executor with
+    retries of transient errors, the run's shared request budget and the stop flag; and a
+    task that started in an earlier run and never finished is not complete, whatever files
+    it left (:func:`~pipeline_patches.base.complete_unless_interrupted`). Also makes
+    PlanExe's ``LLMModelFromName`` reuse LLM instances per thread (``REUSED_LLMS``).
     """
     module = module or P
     for name, cls in CONCURRENT_TASKS.items():
@@ -207,7 +189,6 @@ import_lazy_modules()
 __all__ = [
     "CONCURRENT_TASKS",
     "ConcurrentFullPlanPipeline",
-    "ConcurrentTask",
     "check_settings",
     "disable",
     "enable",

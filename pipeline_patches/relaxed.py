@@ -5,8 +5,11 @@ answers), Premortem (chained rounds) and QuestionsAndAnswers (a follow-up that s
 first answer) each ask their questions one after another because each prompt contains
 the earlier answers. In relaxed mode each question is asked at once, without them.
 
-The prompts and questions live inside PlanExe, so nothing is rebuilt here. The task runs
-PlanExe's own ``run_inner`` three times over:
+The prompts and questions live inside PlanExe, so nothing is rebuilt here. It is a policy
+on the speculative mechanism (``speculative.py``: same executor hook, same scratch folder,
+same engine), with one rule changed: every request may go out at once, relaxed, and the
+replay hands the answers back by position, not by request. The task runs PlanExe's own
+``run_inner`` three times over:
 
 1. *record*: with an LLM that answers every request at once with a schema-valid stand-in
    and keeps the request (messages, answer type); files go to a scratch folder;
@@ -21,11 +24,10 @@ see docs/relaxed.md for what each task no longer sees.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import luigi
@@ -41,15 +43,14 @@ from llama_index.core.llms.custom import CustomLLM
 from pydantic import PrivateAttr
 
 from planexe_concurrency.config import read_config, task_value
+from planexe_concurrency.events import one_line
 from planexe_concurrency.resume import atomic_write_text
 from planexe_concurrency.simllm.generator import json_for_schema
 
-from .base import ConcurrentTask
+from .base import executor_for, settings_for, state_dir_of
 from .planexe import load_planexe
 
 logger = logging.getLogger("planexe_concurrency")
-pe = load_planexe()
-P = pe.pipeline
 
 
 @dataclass
@@ -172,6 +173,7 @@ class ReplayLLM(CustomLLM):
 
 def _executor_with(task: luigi.Task, llm: Any) -> Any:
     """A PlanExe ``LLMExecutor`` (PlanExe checks the type) that hands ``llm`` to every call."""
+    pe = load_planexe()
 
     class StandInExecutor(pe.LLMExecutor):  # type: ignore[misc, name-defined]
         def run(self, execute_function: Callable[[Any], Any]) -> Any:
@@ -180,102 +182,83 @@ def _executor_with(task: luigi.Task, llm: Any) -> Any:
     return StandInExecutor(llm_models=pe.LLMModelFromName.from_names(list(task.llm_models)))
 
 
-# -- the task mixin --------------------------------------------------------------------------
-class RelaxedTask(ConcurrentTask):
-    """Put first in the bases of a PlanExe task listed in :data:`RELAXATIONS`."""
-
-    _stand_in: Any = None
-    _scratch: Path | None = None
-
-    def relaxed(self) -> bool:
-        return task_value(read_config(), "fidelity", self.task_family) == "relaxed"  # type: ignore[attr-defined]
-
-    def create_llm_executor(self) -> Any:
-        if self._stand_in is not None:
-            return _executor_with(self, self._stand_in)
-        return super().create_llm_executor()  # type: ignore[misc]
-
-    def output(self) -> Any:
-        outputs = super().output()  # type: ignore[misc]
-        if self._scratch is None:
-            return outputs
-        return {key: luigi.LocalTarget(str(self._scratch / Path(t.path).name)) for key, t in outputs.items()}
-
-    def run_inner(self) -> None:
-        if not self.relaxed():
-            return super().run_inner()  # type: ignore[misc]
-        requests = self._record()
-        if requests is None:
-            return super().run_inner()  # type: ignore[misc]
-        answers = self._ask_relaxed(requests)
-        replay = ReplayLLM().load(answers)
-        self._stand_in = replay
-        try:
-            super().run_inner()  # type: ignore[misc]
-        finally:
-            self._stand_in = None
-        if replay.remaining:
-            raise RuntimeError(f"{self.task_family}: relaxed replay left {replay.remaining} answers unused")  # type: ignore[attr-defined]
-
-    def _record(self) -> list[Request] | None:
-        recorder = RecordingLLM()
-        self._scratch = self.state_dir() / "relaxed" / "scratch" / self.task_family  # type: ignore[attr-defined]
-        self._scratch.mkdir(parents=True, exist_ok=True)
-        self._stand_in = recorder
-        try:
-            super().run_inner()  # type: ignore[misc]
-        except Exception as exc:  # PlanExe rejected a stand-in answer: run exactly instead
-            logger.warning("task=%s relaxed mode unavailable, running as PlanExe does: %r", self.task_family, exc)  # type: ignore[attr-defined]
-            return None
-        finally:
-            self._stand_in = None
-            shutil.rmtree(self._scratch, ignore_errors=True)  # the stand-in files
-            self._scratch = None
-        return recorder.requests
-
-    def _ask_relaxed(self, requests: list[Request]) -> list[Answer]:
-        reconcile = task_value(read_config(), "relaxed_reconcile", self.task_family)  # type: ignore[attr-defined]
-        relax = RELAXATIONS[self.task_family][reconcile == "questions"]  # type: ignore[attr-defined]
-        relaxed = [relax(requests, i) for i in range(len(requests))]
-        atomic_write_text(
-            self.state_dir() / "relaxed" / f"{self.task_family}.json",  # type: ignore[attr-defined]
-            json.dumps([[{"role": m.role.value, "content": m.content} for m in msgs] for msgs in relaxed], indent=1),
-        )
-
-        def call(request: Request, messages: list[ChatMessage]) -> Callable[[Any], Answer]:
-            def ask(llm: Any) -> Answer:
-                if request.output_cls is not None:
-                    value = llm.as_structured_llm(request.output_cls).chat(messages).raw
-                else:
-                    value = llm.chat(messages)
-                return Answer(value, llm.metadata, llm.class_name())
-
-            return ask
-
-        settings = replace(self.concurrency_settings(), failure_mode="fail_fast")
-        fns = [call(r, m) for r, m in zip(requests, relaxed)]
-        try:
-            return self.make_executor(settings).run_batch(fns, labels=[f"request {i + 1}" for i in range(len(fns))])
-        except pe.PipelineStopRequested:
-            raise
-        except Exception as exc:
-            index = getattr(exc, "index", None)
-            if index is not None:
-                self._log_failures([exc.failure], len(fns))  # type: ignore[attr-defined]
-            raise ValueError(f"{self.task_family}: relaxed LLM interaction failed.") from exc  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def _handing(task: luigi.Task, llm: Any) -> Any:
+    task._planexe_concurrency_executor = _executor_with(task, llm)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        task.__dict__.pop("_planexe_concurrency_executor", None)
 
 
-class ReviewPlanTask(RelaxedTask, P.ReviewPlanTask):
-    pass
+def relaxed_runner(task: luigi.Task) -> Callable[[luigi.Task, Callable[[luigi.Task], None]], None] | None:
+    """The relaxed runner for a task listed in :data:`RELAXATIONS` with ``fidelity = relaxed``, else None."""
+    if task.task_family not in RELAXATIONS:
+        return None
+    if task_value(read_config(), "fidelity", task.task_family) != "relaxed":
+        return None
+    return run_relaxed
 
 
-class SelfAuditTask(RelaxedTask, P.SelfAuditTask):
-    pass
+def run_relaxed(task: luigi.Task, run_inner: Callable[[luigi.Task], None]) -> None:
+    requests = _record(task, run_inner)
+    if requests is None:
+        return run_inner(task)
+    answers = _ask_relaxed(task, requests)
+    replay = ReplayLLM().load(answers)
+    with _handing(task, replay):
+        run_inner(task)
+    if replay.remaining:
+        raise RuntimeError(f"{task.task_family}: relaxed replay left {replay.remaining} answers unused")
 
 
-class PremortemTask(RelaxedTask, P.PremortemTask):
-    pass
+def _record(task: luigi.Task, run_inner: Callable[[luigi.Task], None]) -> list[Request] | None:
+    from .speculative import scratch_run_dir
+
+    recorder = RecordingLLM()
+    scratch = state_dir_of(task) / "relaxed" / "scratch" / task.task_family
+    try:
+        with _handing(task, recorder), scratch_run_dir(task, scratch):
+            run_inner(task)
+    except Exception as exc:  # PlanExe rejected a stand-in answer: run exactly instead
+        logger.warning("task=%s relaxed mode unavailable, running as PlanExe does: %r", task.task_family, exc)
+        return None
+    return recorder.requests
 
 
-class QuestionsAndAnswersTask(RelaxedTask, P.QuestionsAndAnswersTask):
-    pass
+def _ask_relaxed(task: luigi.Task, requests: list[Request]) -> list[Answer]:
+    pe = load_planexe()
+    reconcile = task_value(read_config(), "relaxed_reconcile", task.task_family)
+    relax = RELAXATIONS[task.task_family][reconcile == "questions"]
+    relaxed = [relax(requests, i) for i in range(len(requests))]
+    folder = state_dir_of(task) / "relaxed"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        folder / f"{task.task_family}.json",
+        json.dumps([[{"role": m.role.value, "content": m.content} for m in msgs] for msgs in relaxed], indent=1),
+    )
+
+    def call(request: Request, messages: list[ChatMessage]) -> Callable[[Any], Answer]:
+        def ask(llm: Any) -> Answer:
+            if request.output_cls is not None:
+                value = llm.as_structured_llm(request.output_cls).chat(messages).raw
+            else:
+                value = llm.chat(messages)
+            return Answer(value, llm.metadata, llm.class_name())
+
+        return ask
+
+    settings = replace(settings_for(task), failure_mode="fail_fast")
+    fns = [call(r, m) for r, m in zip(requests, relaxed)]
+    try:
+        return executor_for(task, settings).run_batch(fns, labels=[f"request {i + 1}" for i in range(len(fns))])
+    except pe.PipelineStopRequested:
+        raise
+    except Exception as exc:
+        failure = getattr(exc, "failure", None)
+        if failure is not None:
+            logger.error(
+                "task=%s item=%d/%d failed: %s: %s", task.task_family, failure.index + 1, len(fns),
+                type(failure.error).__name__, one_line(failure.error),
+            )
+        raise ValueError(f"{task.task_family}: relaxed LLM interaction failed.") from exc

@@ -92,6 +92,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retry_jitter": _float_range(0, 600),
     "fidelity": _choice(FIDELITY_MODES),
     "relaxed_reconcile": _choice(RECONCILE_MODES),
+    "speculate": ((lambda v: isinstance(v, bool)), "true | false"),
 }
 OVERRIDABLE: frozenset[str] = frozenset(RULES)
 
@@ -111,6 +112,10 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
     fidelity = luigi.Parameter(default="exact", description="exact: outputs byte-identical to PlanExe; relaxed: opt-in")
     relaxed_reconcile = luigi.Parameter(
         default="none", description="relaxed mode: none (each question alone) | questions (earlier questions, not answers)"
+    )
+    speculate = luigi.BoolParameter(
+        default=True,
+        description="record PlanExe's task code with stand-in answers and send its independent calls at once (false: one at a time)",
     )
     governance_parallel = luigi.BoolParameter(
         default=False, description="run governance phases 4-6 side by side after phase 3 (changes their prompts)"

@@ -154,3 +154,13 @@ def startup_hook() -> Iterator[Path]:
     finally:
         if installed:
             remove_hook()
+
+
+def speculation_reports(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """What each task's speculative run did (``speculation/<task>.json`` in our folder beside the run)."""
+    import json
+
+    from pipeline_patches.rundir import state_dir_for
+
+    folder = state_dir_for(run_dir) / "speculation"
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))}

@@ -89,11 +89,12 @@ def test_bad_setting_is_refused_before_anything_runs(tmp_path: Path, luigi_confi
     assert main(["check-config"]) == 2
 
 
-def test_check_config_lists_each_concurrent_task(luigi_config, capsys: pytest.CaptureFixture[str]) -> None:
-    set_concurrency(luigi_config, task_overrides='{"CreateWBSLevel3Task": {"max_parallel": 16}}')
+def test_check_config_shows_the_global_settings_and_each_override(luigi_config, capsys: pytest.CaptureFixture[str]) -> None:
+    set_concurrency(luigi_config, task_overrides='{"CreateWBSLevel3Task": {"max_parallel": 16, "speculate": false}}')
     assert main(["check-config"]) == 0
     out = capsys.readouterr().out
-    assert "CreateWBSLevel3Task: max_parallel=16" in out and "ExpertReviewTask: max_parallel=4" in out
+    assert "every task: max_parallel=4" in out and "speculate=true" in out
+    assert "CreateWBSLevel3Task: max_parallel=16" in out and "speculate=false fidelity=exact" in out
 
 
 def test_argument_ranges_are_checked(capsys: pytest.CaptureFixture[str]) -> None:

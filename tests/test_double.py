@@ -367,7 +367,13 @@ def test_consolidate_assumptions_goes_on_past_a_failed_item(
             return real.execute(llm, markdown)
 
     monkeypatch.setattr(P, "ShortenMarkdown", FlakyShorten)
-    P.ConsolidateAssumptionsMarkdownTask(run_id_dir=run_dir, llm_models=["simulated"]).run()
+    from pipeline_patches import pipeline as patches
+
+    patches.disable()  # the double's own loop, as PlanExe runs it (record passes would call execute too)
+    try:
+        P.ConsolidateAssumptionsMarkdownTask(run_id_dir=run_dir, llm_models=["simulated"]).run()
+    finally:
+        patches.enable()
     short = (run_dir / FilenameEnum.CONSOLIDATE_ASSUMPTIONS_SHORT_MARKDOWN.value).read_text()
     assert len(calls) == 8
     assert "**Problem with document:** 'Physical Locations'" in short

@@ -86,7 +86,7 @@ def test_a_model_that_always_fails_falls_back_to_the_next_as_planexe_does(
     speed = pe.SpeedVsDetailEnum.FAST_BUT_SKIP_DETAILS
     tasks = [
         patches.P.SWOTAnalysisTask(run_id_dir=run_dir, llm_models=models, speedvsdetail=speed),  # PlanExe's own task
-        patches.CreateWBSLevel3Task(run_id_dir=run_dir, llm_models=models, speedvsdetail=speed),  # a fan-out
+        patches.P.CreateWBSLevel3Task(run_id_dir=run_dir, llm_models=models, speedvsdetail=speed),  # a fan-out
     ]
     for task in tasks:
         outputs = task.output()

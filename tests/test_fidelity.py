@@ -6,7 +6,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import PipelineRunner, differing_files, plan_files
+from conftest import PipelineRunner, differing_files, plan_files, speculation_reports
 from pipeline_patches.rundir import state_dir_for
 
 pytestmark = pytest.mark.slow
@@ -42,9 +42,12 @@ def test_concurrent_outputs_are_byte_identical(
     reference = sequential_runs[fast]
     assert len(plan_files(reference)) > 60
     assert differing_files(reference, run_dir) == []
-    # the loops really went through the engine: one record per item
-    records = list((state_dir_for(run_dir) / "items").glob("*.record"))
-    assert len(records) >= (18 if fast else 20)  # FAST keeps 2 items per truncated loop: 8 + 5 x 2
+    # every call went through the engine once, and no call was sent in vain
+    reports = speculation_reports(run_dir)
+    assert sum(r["wasted"] for r in reports.values()) == 0, {k: r for k, r in reports.items() if r["wasted"]}
+    assert sum(r["asked_live"] for r in reports.values()) == 0, {k: r for k, r in reports.items() if r["asked_live"]}
+    answers = list((state_dir_for(run_dir) / "answers").rglob("*.json"))
+    assert len(answers) >= sum(r["sent_early"] for r in reports.values()) >= 60  # a call may ask twice (ExpertFinder)
 
 
 def test_concurrent_under_four_luigi_workers_is_byte_identical(

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import luigi
 import pytest
 
-from conftest import PipelineRunner, differing_files, set_concurrency, write_start_files
+from conftest import PipelineRunner, differing_files, set_concurrency, speculation_reports, write_start_files
 from planexe_concurrency.events import ItemState, read_events
 from pipeline_patches import pipeline as patches
 from pipeline_patches.planexe import load_planexe
@@ -53,12 +53,16 @@ def test_enable_rebinds_module_globals_so_requires_picks_concurrent_tasks(new_ru
         assert P.PlanTask.complete is luigi.Task.complete  # the double's PlanTask, like PlanExe's, inherits Luigi's
         deps = P.FullPlanPipeline(run_id_dir=new_run_dir("s"), llm_models=["simulated"]).requires()
         assert not any(type(t) in patches.CONCURRENT_TASKS.values() for t in deps.values())
+        assert P.PlanTask.run is not patches._PLAN_TASK_PATCHES["run"]
     finally:
         patches.enable()
+    assert P.PlanTask.run is patches._PLAN_TASK_PATCHES["run"]
     # same class names and task ids as PlanExe's, so an existing run directory resumes
-    ours = patches.CreateWBSLevel3Task(run_id_dir=Path("/x"), llm_models=["m"])
-    theirs = patches._ORIGINALS["CreateWBSLevel3Task"](run_id_dir=Path("/x"), llm_models=["m"])
-    assert ours.task_id == theirs.task_id and ours.output().path == theirs.output().path
+    ours = patches.CONCURRENT_TASKS["GovernancePhase6ExtraTask"](run_id_dir=Path("/x"), llm_models=["m"])
+    theirs = patches._ORIGINALS["GovernancePhase6ExtraTask"](run_id_dir=Path("/x"), llm_models=["m"])
+    assert ours.task_id == theirs.task_id and ours.output()["raw"].path == theirs.output()["raw"].path
+    # every other task keeps PlanExe's class; its run() is PlanTask's, patched
+    assert patches.P.CreateWBSLevel3Task.run is patches._PLAN_TASK_PATCHES["run"]
 
 
 def test_package_level_enable_and_disable() -> None:
@@ -111,7 +115,8 @@ def test_luigi_command_line_with_several_workers(reference: Path, new_run_dir: C
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert differing_files(reference, run_dir) == []
-    assert (state_dir_for(run_dir) / "items").is_dir()
+    reports = speculation_reports(run_dir)
+    assert reports["CreateWBSLevel3Task"]["sent_early"] == 5 and sum(r["wasted"] for r in reports.values()) == 0
 
 
 class FileProgress:
@@ -183,35 +188,36 @@ def _copy_run(reference: Path, dest: Path) -> Path:
     return dest
 
 
-def test_resume_reuses_finished_items_and_redoes_corrupt_ones(
+def test_resume_reuses_saved_answers_and_asks_corrupt_ones_again(
     reference: Path, tmp_path: Path, luigi_config: Any
 ) -> None:
     run_dir = _copy_run(reference, tmp_path / "resume")
     events_file = tmp_path / "events.jsonl"
     set_concurrency(luigi_config, events_file=str(events_file))
-    task = patches.CreateWBSLevel3Task(run_id_dir=run_dir, llm_models=["simulated"])
+    task = P.CreateWBSLevel3Task(run_id_dir=run_dir, llm_models=["simulated"])
     task.output().remove()
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
     first = read_events(events_file)
     assert sum(e.state is ItemState.RUNNING for e in first) == 5
     assert differing_files(reference, run_dir) == []
 
-    records = sorted((state_dir_for(run_dir) / "items").glob("023-1-*.record"))
-    assert len(records) == 5
-    records[1].write_text('{"fingerprint": "x", "rec')  # a record cut short
-    (run_dir / "023-1-3-wbs_level3_raw.json").unlink()  # a raw file gone (its record is fine)
+    answers = sorted((state_dir_for(run_dir) / "answers" / "CreateWBSLevel3Task").glob("*.json"))
+    assert len(answers) == 5
+    answers[1].write_text('{"request": "x", "val')  # an answer cut short
+    (run_dir / "023-1-3-wbs_level3_raw.json").unlink()  # a raw file gone (its answer is fine)
     task.output().remove()
     events_file.unlink()
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
     second = read_events(events_file)
-    assert [e.item for e in second if e.state is ItemState.RUNNING] == [1]
-    assert sum(e.cached for e in second) == 4
+    assert sum(e.state is ItemState.RUNNING for e in second) == 1  # only the cut-short one is asked again
+    report = speculation_reports(run_dir)["CreateWBSLevel3Task"]
+    assert (report["sent_early"], report["replayed_from_store"], report["used"]) == (1, 4, 1)
     assert differing_files(reference, run_dir) == []
 
 
 def test_loop_failure_raises_planexes_message(reference: Path, tmp_path: Path) -> None:
     run_dir = _copy_run(reference, tmp_path / "fail")
-    task = patches.DraftDocumentsToFindTask(run_id_dir=run_dir, llm_models=["simulated-fail"])
+    task = P.DraftDocumentsToFindTask(run_id_dir=run_dir, llm_models=["simulated-fail"])
     before = (run_dir / task.output().path).read_bytes()
     with pytest.raises(Exception) as info:
         task.run()
@@ -235,7 +241,7 @@ def test_stop_request_inside_a_loop_is_not_wrapped(reference: Path, tmp_path: Pa
     def stop(task: Any, duration: float) -> None:
         raise pe.PipelineStopRequested("user closed the tab")
 
-    task = patches.EstimateTaskDurationsTask(run_id_dir=run_dir, llm_models=["simulated"], _pipeline_executor_callback=stop)
+    task = P.EstimateTaskDurationsTask(run_id_dir=run_dir, llm_models=["simulated"], _pipeline_executor_callback=stop)
     with pytest.raises(pe.PipelineStopRequested, match="user closed the tab"):
         task.run()
     assert (run_dir / pe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value).exists()
@@ -271,14 +277,19 @@ def test_governance_parallel_changes_only_phases_5_and_6_and_what_reads_them(
 
 
 def _ours_and_planexes_with_a_failing_model(reference: Path, tmp_path: Path, task_name: str) -> dict[str, dict[str, bytes]]:
-    """The files our class and PlanExe's write when every call fails ('simulated-fail')."""
+    """The files PlanExe's task writes, patched and not, when every call fails ('simulated-fail')."""
     outputs = {}
-    for name, cls in (("ours", patches.CONCURRENT_TASKS[task_name]), ("planexe", patches._ORIGINALS[task_name])):
+    for name in ("ours", "planexe"):
         run_dir = _copy_run(reference, tmp_path / name)
-        task = cls(run_id_dir=run_dir, llm_models=["simulated-fail"])
+        task = getattr(P, task_name)(run_id_dir=run_dir, llm_models=["simulated-fail"])
         for target in task.output().values():
             target.remove()
-        task.run()
+        if name == "planexe":
+            patches.disable()
+        try:
+            task.run()
+        finally:
+            patches.enable()
         outputs[name] = {k: Path(t.path).read_bytes() for k, t in task.output().items()}
     return outputs
 
@@ -295,7 +306,7 @@ def test_premise_attack_asks_its_five_lenses_at_once_and_writes_planexes_files(
     run_dir = _copy_run(reference, tmp_path / "premise")
     events_file = tmp_path / "events.jsonl"
     set_concurrency(luigi_config, events_file=str(events_file), max_parallel=8)
-    task = patches.PremiseAttackTask(run_id_dir=run_dir, llm_models=["simulated"])
+    task = P.PremiseAttackTask(run_id_dir=run_dir, llm_models=["simulated"])
     for target in task.output().values():
         target.remove()
     monkeypatch.setenv("PLANEXE_SIMLLM_LATENCY", "0.2")

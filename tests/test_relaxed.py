@@ -13,7 +13,11 @@ from conftest import PipelineRunner, differing_files, set_concurrency, write_sta
 from planexe_concurrency.config import ConfigError, read_config, validate
 from planexe_concurrency.events import ItemState, read_events
 from pipeline_patches import pipeline as patches
+from pipeline_patches.base import known_task_names
+from pipeline_patches.relaxed import relaxed_runner
 from pipeline_patches.rundir import state_dir_for
+
+P = patches.P
 
 pytestmark = pytest.mark.slow
 
@@ -93,11 +97,11 @@ def test_relaxed_requests_are_in_flight_together(runs: dict[str, Path]) -> None:
 
 def test_relaxed_can_be_chosen_per_task_and_checked(tmp_path: Path, runs: dict[str, Path], luigi_config: Any) -> None:
     set_concurrency(luigi_config, task_overrides='{"ReviewPlanTask": {"fidelity": "relaxed", "relaxed_reconcile": "questions"}}')
-    assert patches.ReviewPlanTask(run_id_dir=tmp_path, llm_models=["simulated"]).relaxed()
-    assert not patches.SelfAuditTask(run_id_dir=tmp_path, llm_models=["simulated"]).relaxed()
+    assert relaxed_runner(P.ReviewPlanTask(run_id_dir=tmp_path, llm_models=["simulated"])) is not None
+    assert relaxed_runner(P.SelfAuditTask(run_id_dir=tmp_path, llm_models=["simulated"])) is None
     run_dir = tmp_path / "per-task"
     shutil.copytree(runs["exact"], run_dir)
-    task = patches.ReviewPlanTask(run_id_dir=run_dir, llm_models=["simulated"])
+    task = P.ReviewPlanTask(run_id_dir=run_dir, llm_models=["simulated"])
     for target in task.output().values():
         target.remove()
     assert luigi.build([task], local_scheduler=True, log_level="WARNING")
@@ -111,15 +115,15 @@ def test_relaxed_can_be_chosen_per_task_and_checked(tmp_path: Path, runs: dict[s
 def test_bad_fidelity_values_are_refused(luigi_config: Any) -> None:
     set_concurrency(luigi_config, fidelity="loose")
     with pytest.raises(ConfigError, match="fidelity = 'loose' is not allowed: expected one of exact | relaxed"):
-        validate(read_config(), patches.CONCURRENT_TASKS)
+        validate(read_config(), known_task_names())
     set_concurrency(luigi_config, fidelity="exact", task_overrides='{"SelfAuditTask": {"relaxed_reconcile": "maybe"}}')
     with pytest.raises(ConfigError, match="relaxed_reconcile = 'maybe' is not allowed"):
-        validate(read_config(), patches.CONCURRENT_TASKS)
+        validate(read_config(), known_task_names())
 
 
 def test_relaxed_governance_per_task(tmp_path: Path, luigi_config: Any) -> None:
     set_concurrency(luigi_config, task_overrides='{"GovernancePhase6ExtraTask": {"fidelity": "relaxed"}}')
-    phase5 = patches.GovernancePhase5MonitoringProgressTask(run_id_dir=tmp_path, llm_models=["simulated"])
-    phase6 = patches.GovernancePhase6ExtraTask(run_id_dir=tmp_path, llm_models=["simulated"])
+    phase5 = P.GovernancePhase5MonitoringProgressTask(run_id_dir=tmp_path, llm_models=["simulated"])
+    phase6 = P.GovernancePhase6ExtraTask(run_id_dir=tmp_path, llm_models=["simulated"])
     assert "governance_phase4_decision_escalation_matrix" in phase5.requires()  # exact: still chained
     assert not {"governance_phase4_decision_escalation_matrix", "governance_phase5_monitoring_progress"} & set(phase6.requires())

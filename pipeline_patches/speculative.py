@@ -1,0 +1,319 @@
+"""Every PlanExe task that calls an LLM, its independent calls sent at once: PlanExe's own code, recorded and replayed.
+
+While the patches are on, ``PlanTask.run`` (PlanExe's, which calls ``run_inner``) runs a
+task's ``run_inner`` through :class:`planexe_concurrency.speculation.Speculation`: record
+passes with stand-in answers, the independent calls sent through the engine, and a last pass
+that writes PlanExe's files with the real answers. No task is named here: a task PlanExe adds
+tomorrow gets the same treatment, and one PlanExe no longer has is simply not there.
+
+What the host side adds to the engine's mechanism:
+
+* the executor PlanExe's code gets from ``create_llm_executor()`` (a subclass of PlanExe's
+  ``LLMExecutor``, because PlanExe checks the type) hands each ``run(fn)`` to the session;
+* a record pass runs with the task's ``run_id_dir`` set to a scratch folder that links the
+  run's existing input files, so whatever PlanExe writes (outputs and per-item raw files)
+  lands in scratch; ``clone()`` carries the folder into ``requires()``, so inputs resolve;
+* the ``uuid4`` values a task draws are replayed pass to pass (PlanExe draws ids for
+  documents, experts, WBS tasks), so requests built from them match across passes;
+* answers are saved under our folder beside the run (``answers/<task>/``) for resume.
+
+A task whose code rejects a stand-in answer (the first record pass raises) runs exactly as
+PlanExe's, with one log line saying why. ``speculate = false`` (globally or per task in
+``task_overrides``) turns it off.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import luigi
+
+from planexe_concurrency.config import read_config, task_value
+from planexe_concurrency.events import one_line
+from planexe_concurrency.fanout import FanOutError, ItemFailedError
+from planexe_concurrency.resume import atomic_write_text
+from planexe_concurrency.speculation import AnswerStore, RecordFailed, Speculation
+
+from .base import ANSWERS_DIR_NAME, SCRATCH_DIR_NAME, executor_for, plain_task_executor_class, settings_for, state_dir_of
+from .planexe import load_planexe
+
+logger = logging.getLogger("planexe_concurrency")
+
+REPORTS_DIR_NAME = "speculation"
+
+# Luigi warns about a non-string run_id_dir each time clone() makes a task; our scratch folders
+# are Paths like PlanExe's own, and each pass would add one warning per upstream task.
+warnings.filterwarnings("ignore", message=r'Parameter "run_id_dir" with value ".*[/\\]scratch[/\\]', category=UserWarning)
+
+_told_unavailable: set[str] = set()
+_told_lock = threading.Lock()
+
+
+def wants_speculation(task: luigi.Task) -> bool:
+    return bool(task_value(read_config(), "speculate", task.task_family))
+
+
+# -- the executor PlanExe's code is handed during a speculative run ------------------------------
+@functools.cache
+def speculative_executor_class() -> type:
+    planexe = load_planexe()
+
+    class SpeculativeExecutor(planexe.LLMExecutor):  # type: ignore[misc, name-defined]
+        """``run(fn)`` goes to the task's speculation session (record, early answer, or live)."""
+
+        def __init__(self, task: luigi.Task, session: Speculation) -> None:
+            super().__init__(llm_models=planexe.LLMModelFromName.from_names(list(task.llm_models)))  # type: ignore[attr-defined]
+            self.session = session
+
+        def run(self, execute_function: Callable[[Any], Any]) -> Any:
+            validate = getattr(self, "_validate_execute_function", None)
+            if validate is not None:
+                validate(execute_function)
+            return self.session.call(execute_function)
+
+    return SpeculativeExecutor
+
+
+def executor_override(task: luigi.Task) -> Any:
+    """The executor ``create_llm_executor()`` returns while a speculative run is under way, else None."""
+    return task.__dict__.get("_planexe_concurrency_executor")
+
+
+# -- ids drawn inside a task ------------------------------------------------------------------------
+class UuidReplay:
+    """``uuid4`` hands out, pass after pass, the values the first pass drew (more are drawn as needed).
+
+    PlanExe imports it both ways (``uuid.uuid4()`` and ``from uuid import uuid4``), so the
+    module-level names in PlanExe's own package are swapped too, only while a pass runs.
+    """
+
+    def __init__(self, package: str) -> None:
+        self.package = package
+        self.drawn: list[uuid.UUID] = []
+        self._next = 0
+        self._original = uuid.uuid4
+
+    def _uuid4(self) -> uuid.UUID:
+        if self._next == len(self.drawn):
+            self.drawn.append(self._original())
+        value = self.drawn[self._next]
+        self._next += 1
+        return value
+
+    @contextlib.contextmanager
+    def pass_(self) -> Iterator[None]:
+        self._next = 0
+        modules = [
+            m for name, m in list(sys.modules.items())
+            if m is not None and (name == self.package or name.startswith(self.package + "."))
+            and getattr(m, "uuid4", None) is self._original
+        ]
+        uuid.uuid4 = self._uuid4  # type: ignore[assignment]
+        for module in modules:
+            module.uuid4 = self._uuid4  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            uuid.uuid4 = self._original  # type: ignore[assignment]
+            for module in modules:
+                module.uuid4 = self._original  # type: ignore[attr-defined]
+
+
+# -- the scratch folder a record pass writes to ----------------------------------------------------
+def _input_paths(task: luigi.Task) -> list[Path]:
+    return [Path(t.path) for t in luigi.task.flatten(task.input()) if hasattr(t, "path")]
+
+
+class ScratchRunDir:
+    """A folder a record pass takes as the task's ``run_id_dir``; the run's input files are linked in.
+
+    Only files no newer than the task's newest input are linked: a file written after that
+    may be one this task wrote before it was interrupted, and a pass writing through a link
+    would change the real file. The links are made once per task run; what a pass writes
+    is removed before the next one.
+    """
+
+    def __init__(self, task: luigi.Task, folder: Path) -> None:
+        self.task = task
+        self.folder = folder
+        self._made = False
+
+    def _make(self) -> None:
+        real_dir = Path(self.task.run_id_dir)
+        own_outputs = {Path(t.path).name for t in luigi.task.flatten(self.task.output()) if hasattr(t, "path")}
+        inputs = [p for p in _input_paths(self.task) if p.exists()]
+        newest = max((p.stat().st_mtime for p in inputs), default=float("inf"))
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        for entry in os.scandir(real_dir):
+            if entry.name in own_outputs or entry.name.startswith("."):
+                continue
+            try:
+                if entry.stat().st_mtime <= newest:
+                    os.symlink(entry.path, self.folder / entry.name)
+            except OSError:
+                continue
+        self._made = True
+
+    def _clear_written(self) -> None:
+        for entry in os.scandir(self.folder):
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+
+    @contextlib.contextmanager
+    def pass_(self) -> Iterator[None]:
+        real = self.task.run_id_dir
+        if not self._made:
+            self._make()
+        self.task.run_id_dir = type(real)(self.folder) if isinstance(real, (str, Path)) else self.folder
+        try:
+            yield
+        finally:
+            self.task.run_id_dir = real
+            self._clear_written()
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_run_dir(task: luigi.Task, folder: Path) -> Iterator[None]:
+    """One pass in a fresh :class:`ScratchRunDir`, removed afterwards."""
+    scratch = ScratchRunDir(task, folder)
+    try:
+        with scratch.pass_():
+            yield
+    finally:
+        scratch.close()
+
+
+# -- the run -----------------------------------------------------------------------------------------
+def _send(task: luigi.Task) -> Callable[[Sequence[Callable[[Any], Any]], Sequence[str]], dict[int, tuple[bool, Any]]]:
+    def send(fns: Sequence[Callable[[Any], Any]], labels: Sequence[str]) -> dict[int, tuple[bool, Any]]:
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        lock = threading.Lock()
+
+        def keep(position: int, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            def job(llm: Any) -> Any:
+                result = fn(llm)
+                with lock:
+                    outcomes[position] = (True, result)
+                return result
+
+            return job
+
+        executor = executor_for(task, settings_for(task))
+        try:
+            executor.run_batch([keep(i, fn) for i, fn in enumerate(fns)], labels=list(labels))
+        except ItemFailedError as exc:
+            _log_failure(task, labels[exc.index], exc.failure.error)
+            outcomes[exc.index] = (False, exc.failure.error)
+        except FanOutError as exc:
+            for failure in exc.failures:
+                _log_failure(task, labels[failure.index], failure.error)
+                outcomes[failure.index] = (False, failure.error)
+        return outcomes
+
+    return send
+
+
+def _log_failure(task: luigi.Task, label: str, error: BaseException) -> None:
+    logger.error(
+        "task=%s item=%s failed after retries and fallback: %s: %s (PlanExe's code decides what follows)",
+        task.task_family, label, type(error).__name__, one_line(error),
+    )
+
+
+def _live(task: luigi.Task) -> Callable[[Callable[[Any], Any]], Any]:
+    def live(fn: Callable[[Any], Any]) -> Any:
+        return plain_task_executor_class()(task).run(fn)
+
+    return live
+
+
+def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None]) -> None:
+    """PlanExe's ``run_inner`` for ``task``, recorded, sent and replayed (see the module docstring)."""
+    planexe = load_planexe()
+    state = state_dir_of(task)
+    name = task.task_family
+    session = Speculation(task=name, store=AnswerStore(state / ANSWERS_DIR_NAME / name))
+    uuids = UuidReplay(planexe.pipeline.__name__.split(".")[0])
+    scratch = ScratchRunDir(task, state / SCRATCH_DIR_NAME / f"{name}-{os.getpid()}")
+
+    def body() -> None:
+        with uuids.pass_():
+            run_inner(task)
+
+    def sandbox(_pass: int) -> contextlib.AbstractContextManager[None]:
+        return scratch.pass_()
+
+    task._planexe_concurrency_executor = speculative_executor_class()(task, session)  # type: ignore[attr-defined]
+    try:
+        report = session.run(
+            body, send=_send(task), live=_live(task), sandbox=sandbox,
+            stop_exceptions=(planexe.PipelineStopRequested,),
+        )
+    except RecordFailed as exc:
+        del task._planexe_concurrency_executor  # type: ignore[attr-defined]
+        _tell_unavailable(name, exc.__cause__ or exc)
+        run_inner(task)
+        return
+    finally:
+        task.__dict__.pop("_planexe_concurrency_executor", None)
+        scratch.close()
+    (state / REPORTS_DIR_NAME).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state / REPORTS_DIR_NAME / f"{name}.json", json.dumps(report.as_dict(), indent=1))
+    if report.sent_early > 1 or report.wasted or report.asked_live or report.chained:
+        log = logger.warning if report.wasted else logger.info
+        log(
+            "task=%s speculation: %d passes, %d rounds, %d calls sent early, %d used, %d wasted, %d asked live,"
+            " %d asked in order after a chain, %d from saved answers",
+            name, report.passes, report.rounds, report.sent_early, report.used, report.wasted, report.asked_live,
+            report.chained, report.replayed_from_store,
+        )
+
+
+def _tell_unavailable(name: str, error: BaseException) -> None:
+    with _told_lock:
+        if name in _told_unavailable:
+            return
+        _told_unavailable.add(name)
+    logger.warning("task=%s runs as PlanExe does (one call at a time): its code rejected a stand-in answer: %s: %s",
+                   name, type(error).__name__, one_line(error))
+
+
+def speculative_run(original_run: Callable[[luigi.Task], None]) -> Callable[[luigi.Task], None]:
+    """Stands in for ``PlanTask.run``: PlanExe's own ``run`` (stop flag, error wrapping) around a speculative ``run_inner``."""
+
+    def run(self: luigi.Task) -> None:
+        inner = getattr(type(self), "run_inner", None)
+        if inner is None or not wants_speculation(self):
+            return original_run(self)
+        from .relaxed import relaxed_runner
+
+        runner = relaxed_runner(self) or run_speculatively
+        self.run_inner = lambda: runner(self, inner)  # type: ignore[method-assign]  # shadows the class's, for this run only
+        try:
+            return original_run(self)
+        finally:
+            self.__dict__.pop("run_inner", None)
+
+    run.__wrapped__ = original_run  # type: ignore[attr-defined]
+    return run
+
+
+__all__ = ["ScratchRunDir", "UuidReplay", "run_speculatively", "scratch_run_dir", "speculative_run", "wants_speculation"]

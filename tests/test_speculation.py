@@ -1,0 +1,360 @@
+"""The speculative record and replay engine, on host code written here (no PlanExe, no double).
+
+The host code is a plain sequential function that asks an LLM through ``executor.run(fn)``;
+each test compares what it returns under speculation with what it returns run sequentially.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import pytest
+from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, LLMMetadata, MessageRole
+from llama_index.core.llms.custom import CustomLLM
+from pydantic import BaseModel, Field, PrivateAttr
+
+from planexe_concurrency.config import FanOutSettings, RetryPolicy
+from planexe_concurrency.fanout import FanOut, FanOutError, ItemFailedError
+from planexe_concurrency.llm_executor import ConcurrentLLMExecutor
+from planexe_concurrency.speculation import (
+    AnswerStore,
+    RecordFailed,
+    Request,
+    Speculation,
+    frozen,
+    no_sandbox,
+    same_function,
+)
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Names(BaseModel):
+    names: list[str] = Field(min_length=2, max_length=4)
+
+
+class Stopped(Exception):
+    pass
+
+
+class FakeLLM(CustomLLM):
+    """A deterministic provider: the answer is a function of the last message; counts what it is asked."""
+
+    _log: Any = PrivateAttr()
+    _delay: float = PrivateAttr(default=0.05)
+    _fail: Any = PrivateAttr(default=None)
+
+    def __init__(self, log: "Calls", delay: float = 0.05, fail: Callable[[str], bool] | None = None) -> None:
+        super().__init__()
+        self._log = log
+        self._delay = delay
+        self._fail = fail
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="fake-model")
+
+    def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: Any = None, **prompt_args: Any) -> Any:
+        question = prompt.format_messages(**prompt_args)[-1].content
+        self._log.enter(question)
+        try:
+            time.sleep(self._delay)
+            if self._fail is not None and self._fail(question):
+                raise ValueError(f"provider refused {question!r}")
+            if output_cls is Names:
+                return Names(names=[f"{question}-n{i}" for i in range(3)])
+            return output_cls(text=f"A({question})")
+        finally:
+            self._log.leave()
+
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=f"chat({messages[-1].content})"))
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=f"complete({prompt})")
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.questions: list[str] = []
+        self.in_flight = 0
+        self.peak = 0
+
+    def enter(self, question: str) -> None:
+        with self.lock:
+            self.questions.append(question)
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+class Model:
+    def __init__(self, llm: FakeLLM) -> None:
+        self.llm = llm
+
+    def create_llm(self) -> FakeLLM:
+        return self.llm
+
+
+def ask(executor: Any, question: str, cls: type[BaseModel] = Text) -> Any:
+    def execute_function(llm: Any) -> Any:
+        return llm.as_structured_llm(cls).chat([ChatMessage(role=MessageRole.USER, content=question)]).raw
+
+    return executor.run(execute_function)
+
+
+class Host:
+    """Runs a body either sequentially (a plain executor) or under speculation (the session's ``call``)."""
+
+    def __init__(self, tmp_path: Path, *, fail: Callable[[str], bool] | None = None, failure_mode: str = "fail_fast") -> None:
+        self.calls = Calls()
+        self.llm = FakeLLM(self.calls, fail=fail)
+        self.tmp_path = tmp_path
+        self.failure_mode = failure_mode
+
+    def engine(self) -> ConcurrentLLMExecutor:
+        settings = FanOutSettings(max_parallel=8, failure_mode=self.failure_mode, retry=RetryPolicy(attempts=1))  # type: ignore[arg-type]
+        return ConcurrentLLMExecutor([Model(self.llm)], fanout=FanOut(settings, task="Host", stop_exceptions=(Stopped,)))
+
+    def sequential(self, body: Callable[[Any], Any]) -> Any:
+        class Plain:
+            def run(inner, fn: Callable[[Any], Any]) -> Any:  # noqa: N805
+                return self.engine().run(fn)
+
+        return body(Plain())
+
+    def speculative(self, body: Callable[[Any], Any], store: AnswerStore | None = None) -> tuple[Any, Any]:
+        spec = Speculation(task="Host", store=store or AnswerStore(None))
+        box: dict[str, Any] = {}
+
+        class Session:
+            def run(inner, fn: Callable[[Any], Any]) -> Any:  # noqa: N805
+                return spec.call(fn)
+
+        def run_body() -> None:
+            box["result"] = body(Session())
+
+        def send(fns: Sequence[Callable[[Any], Any]], labels: Sequence[str]) -> dict[int, tuple[bool, Any]]:
+            outcomes: dict[int, tuple[bool, Any]] = {}
+
+            def keep(i: int, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+                def job(llm: Any) -> Any:
+                    outcomes[i] = (True, fn(llm))
+                    return outcomes[i][1]
+
+                return job
+
+            try:
+                self.engine().run_batch([keep(i, f) for i, f in enumerate(fns)], labels=list(labels))
+            except ItemFailedError as exc:
+                outcomes[exc.index] = (False, exc.failure.error)
+            except FanOutError as exc:
+                for f in exc.failures:
+                    outcomes[f.index] = (False, f.error)
+            return outcomes
+
+        def live(fn: Callable[[Any], Any]) -> Any:
+            try:
+                return self.engine().run(fn)
+            except ItemFailedError as exc:
+                raise exc.failure.error from None
+
+        report = spec.run(run_body, send=send, live=live, sandbox=no_sandbox, stop_exceptions=(Stopped,))
+        return box["result"], report
+
+
+def independent_loop(executor: Any) -> list[str]:
+    return [ask(executor, f"q{i}").text for i in range(6)]
+
+
+def chained_loop(executor: Any) -> list[str]:
+    answers: list[str] = []
+    for i in range(4):
+        answers.append(ask(executor, f"q{i} after {' | '.join(answers)}").text)
+    return answers
+
+
+def finder_then_each(executor: Any) -> list[str]:
+    names = ask(executor, "who", Names).names
+    return [ask(executor, f"criticise {name}").text for name in names]
+
+
+def test_an_independent_loop_goes_out_at_once_and_comes_back_in_order(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    expected = host.sequential(independent_loop)
+    assert host.calls.peak == 1
+    host2 = Host(tmp_path)
+    result, report = host2.speculative(independent_loop)
+    assert result == expected
+    assert host2.calls.peak > 1
+    assert sorted(host2.calls.questions) == sorted(host.calls.questions)  # each asked once
+    assert (report.rounds, report.sent_early, report.used, report.wasted, report.asked_live) == (1, 6, 6, 0, 0)
+
+
+def test_a_chained_loop_is_one_call_per_round_in_the_host_order(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    expected = host.sequential(chained_loop)
+    host2 = Host(tmp_path)
+    result, report = host2.speculative(chained_loop)
+    assert result == expected
+    assert host2.calls.questions == host.calls.questions
+    assert host2.calls.peak == 1
+    # two links sent one per round, then the chain is recognised and the rest asked in order
+    assert (report.rounds, report.sent_early, report.used, report.chained, report.wasted) == (2, 2, 2, 2, 0)
+    assert report.passes == 3
+
+
+def test_a_loop_over_an_earlier_answer_fans_out_once_that_answer_is_in(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    expected = host.sequential(finder_then_each)
+    host2 = Host(tmp_path)
+    result, report = host2.speculative(finder_then_each)
+    assert result == expected
+    assert (report.rounds, report.sent_early, report.wasted) == (2, 4, 0)
+    assert host2.calls.peak == 3
+
+
+def test_control_flow_on_an_unmarked_value_costs_a_wasted_call_never_a_different_result(tmp_path: Path) -> None:
+    class Count(BaseModel):
+        n: int = Field(ge=0, le=9)
+
+    def body(executor: Any) -> list[str]:
+        def execute_function(llm: Any) -> Any:
+            return llm.as_structured_llm(Count).chat([ChatMessage(role=MessageRole.USER, content="how many")]).raw
+
+        n = executor.run(execute_function).n
+        # the question holds no text of the answer, only a count the host derived from it
+        return [ask(executor, f"item {i} of {'many' if n > 4 else 'few'}").text for i in range(2)]
+
+    class CountingLLM(FakeLLM):
+        def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: Any = None, **prompt_args: Any) -> Any:
+            if output_cls.__name__ == "Count":
+                self._log.enter("how many")
+                self._log.leave()
+                return output_cls(n=7)
+            return super().structured_predict(output_cls, prompt, llm_kwargs, **prompt_args)
+
+    host = Host(tmp_path)
+    host.llm = CountingLLM(host.calls)
+    expected = host.sequential(body)
+    host2 = Host(tmp_path)
+    host2.llm = CountingLLM(host2.calls)
+    result, report = host2.speculative(body)
+    assert result == expected
+    assert report.used + report.asked_live == 3
+    assert report.wasted == report.sent_early - report.used
+
+
+def test_a_failed_call_is_raised_where_the_host_asks_it_and_the_host_decides(tmp_path: Path) -> None:
+    def body(executor: Any) -> list[str]:
+        out = []
+        for i in range(4):
+            try:
+                out.append(ask(executor, f"lens {i}").text)
+            except Exception as exc:  # the host skips a failed lens, as PlanExe's PremiseAttack does
+                out.append(f"skipped: {type(exc).__name__}")
+        return out
+
+    refuse = lambda q: q == "lens 2"  # noqa: E731
+    expected = Host(tmp_path, fail=refuse).sequential(
+        lambda ex: [_unwrap(ask, ex, f"lens {i}") for i in range(4)]
+    )
+    host = Host(tmp_path, fail=refuse, failure_mode="continue_on_error")
+    result, report = host.speculative(body)
+    assert result[2].startswith("skipped: ")
+    assert [r for i, r in enumerate(result) if i != 2] == [e for i, e in enumerate(expected) if i != 2]
+    assert report.asked_live == 0 and report.wasted == 0
+    assert host.calls.questions.count("lens 2") == 1  # not asked again in the replay
+
+
+def _unwrap(fn: Callable[..., Any], executor: Any, question: str) -> str:
+    try:
+        return fn(executor, question).text
+    except Exception as exc:
+        return f"skipped: {type(exc).__name__}"
+
+
+def test_code_that_rejects_a_stand_in_raises_record_failed(tmp_path: Path) -> None:
+    def strict(executor: Any) -> str:
+        text = ask(executor, "exact").text
+        if text != "A(exact)":
+            raise ValueError("unexpected answer")
+        return text
+
+    with pytest.raises(RecordFailed):
+        Host(tmp_path).speculative(strict)
+
+
+def test_saved_answers_are_not_asked_again(tmp_path: Path) -> None:
+    store_dir = tmp_path / "answers"
+    first = Host(tmp_path)
+    result, _ = first.speculative(finder_then_each, AnswerStore(store_dir))
+    assert len(list(store_dir.glob("*.json"))) == 4
+    again = Host(tmp_path)
+    result2, report = again.speculative(finder_then_each, AnswerStore(store_dir))
+    assert result2 == result
+    assert again.calls.questions == []
+    assert report.replayed_from_store == 4 and report.sent_early == 0
+
+
+def test_a_truncated_answer_file_is_asked_again(tmp_path: Path) -> None:
+    store_dir = tmp_path / "answers"
+    Host(tmp_path).speculative(independent_loop, AnswerStore(store_dir))
+    victim = sorted(store_dir.glob("*.json"))[0]
+    victim.write_text(victim.read_text()[:20])
+    again = Host(tmp_path)
+    result, report = again.speculative(independent_loop, AnswerStore(store_dir))
+    assert result == Host(tmp_path).sequential(independent_loop)
+    assert len(again.calls.questions) == 1
+
+
+def test_a_stop_passes_through_unwrapped(tmp_path: Path) -> None:
+    class StoppingLLM(FakeLLM):
+        def structured_predict(self, *args: Any, **kwargs: Any) -> Any:
+            raise Stopped("user closed the tab")
+
+    host = Host(tmp_path)
+    host.llm = StoppingLLM(host.calls)
+    with pytest.raises(Stopped):
+        host.speculative(independent_loop)
+
+
+def test_stand_ins_carry_markers_in_every_free_string_and_keep_prompt_ids() -> None:
+    class Item(BaseModel):
+        id: str
+        title: str
+        kind: Literal["a", "b"]
+
+    class Items(BaseModel):
+        items: list[Item]
+
+    spec = Speculation(task="T", store=AnswerStore(None))
+    request = Request.of("structured", Items, [ChatMessage(role=MessageRole.USER, content="ids: 3f2c9a1e-0000-4000-8000-000000000001")])
+    value = spec.stand_in(request, 5, 1)
+    for item in value.items:
+        assert spec.markers_in(item.title) == ["5"]
+        assert item.kind in ("a", "b")
+    assert spec.markers_in(value.model_dump_json()) and all(m == "5" for m in spec.markers_in(value.model_dump_json()))
+
+
+def test_frozen_keeps_the_loop_value_and_same_function_compares_captures() -> None:
+    fns = []
+    for i in range(3):
+        def fn(llm: Any) -> int:
+            return i + llm
+
+        fns.append(frozen(fn))
+    assert [f(10) for f in fns] == [10, 11, 12]
+    assert same_function(fns[0], frozen(fns[0]))
+    assert not same_function(fns[0], fns[1])

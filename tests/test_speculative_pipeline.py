@@ -1,0 +1,183 @@
+"""The speculative mechanism on the double's pipeline: task code we have never seen, ids drawn in a task, missing tasks.
+
+The plugin names no task and rebuilds no query, so a task body PlanExe rewrites tomorrow
+must still fan out and still write what PlanExe's own sequential run writes. These tests
+rewrite the double's bodies at test time (a different query, another order, uuid4 ids in the
+prompts, a task removed) and check exactly that.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import luigi
+import pytest
+from llama_index.core.llms.llm import LLM
+
+from conftest import differing_files, set_concurrency, speculation_reports
+from pipeline_patches import pipeline as patches
+from pipeline_patches.planexe import load_planexe
+from pipeline_patches.rundir import state_dir_for
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+pe = load_planexe()
+P = pe.pipeline
+
+
+def _variant_wbs3(draw_ids: bool) -> Callable[[Any], None]:
+    """CreateWBSLevel3Task as a later PlanExe might write it: other wording, last task first, maybe uuid4 tags."""
+    module = sys.modules[P.CreateWBSLevel3Task.__module__]
+    g = vars(module)
+
+    def run_inner(self: Any) -> None:
+        llm_executor = self.create_llm_executor()
+        project_plan = g["_json"](self.input()["project_plan"]["raw"])
+        wbs_project = g["WBSProject"].from_dict(g["_json"](self.input()["wbs_project"]))
+        leaves: list[str] = []
+
+        def visit(task: Any) -> None:
+            if not task.task_children:
+                leaves.append(task.id)
+            for child in task.task_children:
+                visit(child)
+
+        visit(wbs_project.root_task)
+        tags = [str(uuid.uuid4()) for _ in leaves] if draw_ids else [""] * len(leaves)
+        accumulated: list[Any] = []
+        for index, (task_id, tag) in reversed(list(enumerate(zip(leaves, tags), start=1))):
+            query = f"Decompose {task_id!r} {tag}\nPlan: {json.dumps(project_plan, sort_keys=True)[:400]}"
+
+            def execute(llm: LLM) -> Any:
+                return g["CreateWBSLevel3"].execute(llm, query, task_id)
+
+            wbs3 = llm_executor.run(execute)
+            with open(self.run_id_dir / g["FilenameEnum"].WBS_LEVEL3_RAW_TEMPLATE.value.format(index), "w") as f:
+                json.dump(wbs3.raw_response_dict(), f, indent=2)
+            accumulated.extend(wbs3.tasks)
+        with open(self.file_path(g["FilenameEnum"].WBS_LEVEL3), "w") as f:
+            json.dump(accumulated, f, indent=2)
+
+    return run_inner
+
+
+def _build(run_dir: Path, task_name: str, *, concurrent: bool, workers: int = 1) -> bool:
+    if concurrent:
+        patches.enable()
+        root = patches.ConcurrentFullPlanPipeline(run_id_dir=run_dir, llm_models=["simulated"])
+    else:
+        patches.disable()
+        root = P.FullPlanPipeline(run_id_dir=run_dir, llm_models=["simulated"])
+    try:
+        task = root.clone(getattr(P, task_name))
+        return bool(luigi.build([task], local_scheduler=True, workers=workers, log_level="WARNING")) and task.complete()
+    finally:
+        patches.enable()
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_a_rewritten_task_body_fans_out_and_writes_what_its_own_sequential_run_writes(
+    monkeypatch: pytest.MonkeyPatch, new_run_dir: Callable[[str], Path], luigi_config: Any, workers: int
+) -> None:
+    monkeypatch.setattr(P.CreateWBSLevel3Task, "run_inner", _variant_wbs3(draw_ids=False))
+    set_concurrency(luigi_config, max_parallel=8)
+    sequential, concurrent = new_run_dir("sequential"), new_run_dir("concurrent")
+    assert _build(sequential, "CreateWBSLevel3Task", concurrent=False)
+    assert _build(concurrent, "CreateWBSLevel3Task", concurrent=True, workers=workers)
+    assert differing_files(sequential, concurrent) == []
+    report = speculation_reports(concurrent)["CreateWBSLevel3Task"]
+    leaves = len(list(sequential.glob("023-1-*")))
+    assert leaves > 3
+    assert (report["rounds"], report["sent_early"], report["used"], report["wasted"], report["asked_live"]) == (1, leaves, leaves, 0, 0)
+
+
+def test_ids_a_task_draws_are_the_same_in_every_pass(
+    monkeypatch: pytest.MonkeyPatch, new_run_dir: Callable[[str], Path], luigi_config: Any
+) -> None:
+    monkeypatch.setattr(P.CreateWBSLevel3Task, "run_inner", _variant_wbs3(draw_ids=True))
+    run_dir = new_run_dir("concurrent")
+    assert _build(run_dir, "CreateWBSLevel3Task", concurrent=True)
+    report = speculation_reports(run_dir)["CreateWBSLevel3Task"]
+    assert report["rounds"] == 1 and report["wasted"] == 0 and report["asked_live"] == 0
+    assert report["used"] == report["sent_early"] > 3
+
+
+def test_with_speculation_off_for_a_task_it_runs_one_call_at_a_time(
+    new_run_dir: Callable[[str], Path], luigi_config: Any
+) -> None:
+    set_concurrency(luigi_config, task_overrides='{"CreateWBSLevel3Task": {"speculate": false}}')
+    run_dir = new_run_dir("off")
+    assert _build(run_dir, "CreateWBSLevel3Task", concurrent=True)
+    reports = speculation_reports(run_dir)
+    assert "CreateWBSLevel3Task" not in reports and "EstimateTaskDurationsTask" in reports
+
+
+def test_a_task_whose_code_rejects_a_stand_in_runs_as_planexe_does(
+    monkeypatch: pytest.MonkeyPatch, new_run_dir: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    original = P.CreateWBSLevel3Task.run_inner
+
+    def picky(self: Any) -> None:
+        executor = self.create_llm_executor()
+        if type(executor).__name__ == "SpeculativeExecutor" and not getattr(self, "_seen", False):
+            object.__setattr__(self, "_seen", True)
+            raise ValueError("this answer does not look like one of ours")
+        original(self)
+
+    monkeypatch.setattr(P.CreateWBSLevel3Task, "run_inner", picky)
+    sequential, concurrent = new_run_dir("sequential"), new_run_dir("concurrent")
+    assert _build(sequential, "CreateWBSLevel3Task", concurrent=False)
+    with caplog.at_level("WARNING", logger="planexe_concurrency"):
+        assert _build(concurrent, "CreateWBSLevel3Task", concurrent=True)
+    assert differing_files(sequential, concurrent) == []
+    assert "CreateWBSLevel3Task" not in speculation_reports(concurrent)
+    told = [r.getMessage() for r in caplog.records if "rejected a stand-in answer" in r.getMessage()]
+    assert len(told) == 1 and "task=CreateWBSLevel3Task" in told[0] and "does not look like one of ours" in told[0]
+
+
+def test_a_resumed_task_asks_nothing_it_asked_before(new_run_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = new_run_dir("resume")
+    assert _build(run_dir, "CreateWBSLevel3Task", concurrent=True)
+    answers = state_dir_for(run_dir) / "answers" / "CreateWBSLevel3Task"
+    saved = len(list(answers.glob("*.json")))
+    assert saved > 3
+    before = (run_dir / "023-2-wbs_level3.json").read_text()
+    (run_dir / "023-2-wbs_level3.json").unlink()  # as if killed before the merge
+    assert _build(run_dir, "CreateWBSLevel3Task", concurrent=True)
+    report = speculation_reports(run_dir)["CreateWBSLevel3Task"]
+    assert report["sent_early"] == 0 and report["asked_live"] == 0 and report["replayed_from_store"] == saved
+    assert (run_dir / "023-2-wbs_level3.json").read_text() == before
+
+
+def test_the_plugin_imports_and_runs_on_a_planexe_without_some_tasks(tmp_path: Path) -> None:
+    """A PlanExe from before SelfAudit, PremiseAttack and the governance phases existed (names removed before import)."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from pipeline_patches.planexe import load_planexe
+P = load_planexe().pipeline
+for name in ("SelfAuditTask", "GovernancePhase5MonitoringProgressTask", "GovernancePhase6ExtraTask",
+             "PremortemTask", "QuestionsAndAnswersTask"):
+    delattr(P, name)
+import pipeline_patches.pipeline as patches
+assert patches.is_enabled()
+assert patches.CONCURRENT_TASKS == {{}}, patches.CONCURRENT_TASKS
+import luigi
+root = patches.ConcurrentFullPlanPipeline(run_id_dir={str(tmp_path / 'run')!r}, llm_models=["simulated"])
+task = root.clone(P.CreateWBSLevel3Task)
+assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+print("ok")
+"""
+    from conftest import write_start_files
+
+    write_start_files(tmp_path / "run")
+    env = dict(os.environ, PLANEXE_CONCURRENCY_TARGET="double")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
