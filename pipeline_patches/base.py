@@ -11,6 +11,7 @@ import logging
 import shutil
 import threading
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -103,8 +104,29 @@ def executor_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool 
     planexe = load_planexe()
     models = planexe.LLMModelFromName.from_names(list(task.llm_models))  # type: ignore[attr-defined]
     return ConcurrentLLMExecutor(
-        models, fanout=fanout_for(task, settings, listeners=listeners), should_stop_callback=stop_check_for(task)
+        models, fanout=fanout_for(task, settings, listeners=listeners), should_stop_callback=stop_check_for(task),
+        attempt_context=attempt_tags(planexe),
     )
+
+
+_UUID4 = uuid.uuid4  # never the replayed one (speculative.UuidReplay): these ids are not PlanExe's task's
+
+
+def attempt_tags(planexe: Any) -> Callable[[], Any] | None:
+    """Where PlanExe's executor tags each attempt's instrumentation events with an id, ours does too.
+
+    PlanExe's activity log (``track_activity.jsonl``) records the tags of every LLM event; a
+    PlanExe whose executor module imports llama-index's ``instrument_tags`` puts an
+    ``llm_executor_uuid`` on each attempt. Older ones tag nothing, and neither do we.
+    """
+    tags = getattr(planexe.llm_executor, "instrument_tags", None)
+    if tags is None:
+        return None
+
+    def context() -> Any:
+        return tags({"llm_executor_uuid": str(_UUID4())})
+
+    return context
 
 
 def stop_check_for(task: luigi.Task) -> Callable[[StopCheck], None]:

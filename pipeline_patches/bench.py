@@ -214,6 +214,33 @@ def format_table(
     return "\n".join(rows)
 
 
+def speculation_table(run_dir: Path) -> str:
+    """Per task, what the speculative record and replay did in one run (from ``speculation/<task>.json``)."""
+    folder = state_dir_for(run_dir) / "speculation"
+    reports = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    rows = [
+        "| task | LLM calls | rounds | calls overlapped | wasted | asked in order (chain) | fell back to PlanExe's path |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    totals = dict.fromkeys(("calls", "rounds", "overlapped", "wasted", "chained"), 0)
+    shown = [r for r in reports if r.get("calls") or r.get("fell_back")]
+    for r in sorted(shown, key=lambda r: (-r.get("overlapped", 0), -r.get("calls", 0), r["task"])):
+        for key in totals:
+            totals[key] += int(r.get(key, 0))
+        if r.get("calls", 0) > 1 or r.get("fell_back") or r.get("wasted"):
+            rows.append(
+                f"| {r['task']} | {r.get('calls', 0)} | {r.get('rounds', 0)} | {r.get('overlapped', 0)} | "
+                f"{r.get('wasted', 0)} | {r.get('chained', 0)} | {r.get('fell_back') or '-'} |"
+            )
+    single = sum(1 for r in shown if r.get("calls", 0) <= 1 and not r.get("fell_back") and not r.get("wasted"))
+    rows.append(f"| {single} tasks with one call each | {single} | | | | | |")
+    rows.append(
+        f"| **all {len(shown)} tasks** | {totals['calls']} | {totals['rounds']} | {totals['overlapped']} | "
+        f"{totals['wasted']} | {totals['chained']} | {sum(1 for r in shown if r.get('fell_back'))} |"
+    )
+    return "\n".join(rows)
+
+
 def _csv_ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -319,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = format_table(everything, reference, b, identical, rb)
     command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report = f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}).\n\n{table}\n"
+    first_exact = next((r for r in results if not r.sequential and r.fidelity == "exact"), None)
+    if first_exact is not None:
+        report += f"\nPer task, in {first_exact.label} (speculative record and replay):\n\n{speculation_table(Path(first_exact.run_dir))}\n"
     print("\n" + report)
     (args.out / "results.md").write_text(report, encoding="utf-8")
     (args.out / "results.json").write_text(

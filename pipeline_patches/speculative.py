@@ -33,6 +33,7 @@ import sys
 import threading
 import uuid
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -44,7 +45,7 @@ from planexe_concurrency.fanout import FanOutError, ItemFailedError
 from planexe_concurrency.resume import atomic_write_text
 from planexe_concurrency.speculation import AnswerStore, RecordFailed, Speculation
 
-from .base import ANSWERS_DIR_NAME, SCRATCH_DIR_NAME, executor_for, plain_task_executor_class, settings_for, state_dir_of
+from .base import ANSWERS_DIR_NAME, SCRATCH_DIR_NAME, executor_for, settings_for, state_dir_of
 from .planexe import load_planexe
 
 logger = logging.getLogger("planexe_concurrency")
@@ -238,9 +239,15 @@ def _log_failure(task: luigi.Task, label: str, error: BaseException) -> None:
     )
 
 
-def _live(task: luigi.Task) -> Callable[[Callable[[Any], Any]], Any]:
-    def live(fn: Callable[[Any], Any]) -> Any:
-        return plain_task_executor_class()(task).run(fn)
+def _live(task: luigi.Task) -> Callable[[Callable[[Any], Any], str], Any]:
+    """One call now, as PlanExe's executor would make it (its error, 'Exhausted all LLMs', on failure)."""
+
+    def live(fn: Callable[[Any], Any], label: str) -> Any:
+        settings = replace(settings_for(task), failure_mode="fail_fast")
+        try:
+            return executor_for(task, settings).run_batch([fn], labels=[label])[0]
+        except ItemFailedError as exc:
+            raise (exc.__cause__ or exc) from None
 
     return live
 
@@ -269,14 +276,17 @@ def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None])
         )
     except RecordFailed as exc:
         del task._planexe_concurrency_executor  # type: ignore[attr-defined]
-        _tell_unavailable(name, exc.__cause__ or exc)
+        reason = exc.__cause__ or exc
+        _tell_unavailable(name, reason)
+        report = session.report
+        report.fell_back = f"{type(reason).__name__}: {one_line(reason)}"[:300]
+        _save_report(state, report)
         run_inner(task)
         return
     finally:
         task.__dict__.pop("_planexe_concurrency_executor", None)
         scratch.close()
-    (state / REPORTS_DIR_NAME).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(state / REPORTS_DIR_NAME / f"{name}.json", json.dumps(report.as_dict(), indent=1))
+    _save_report(state, report)
     if report.sent_early > 1 or report.wasted or report.asked_live or report.chained:
         log = logger.warning if report.wasted else logger.info
         log(
@@ -285,6 +295,11 @@ def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None])
             name, report.passes, report.rounds, report.sent_early, report.used, report.wasted, report.asked_live,
             report.chained, report.replayed_from_store,
         )
+
+
+def _save_report(state: Path, report: Any) -> None:
+    (state / REPORTS_DIR_NAME).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(state / REPORTS_DIR_NAME / f"{report.task}.json", json.dumps(report.as_dict(), indent=1))
 
 
 def _tell_unavailable(name: str, error: BaseException) -> None:

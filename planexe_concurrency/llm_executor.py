@@ -13,10 +13,11 @@ own frame, and sends each attempt through a :class:`~planexe_concurrency.fanout.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Optional, Protocol, Sequence, TypeVar
 
 from .fanout import FanOut, ItemContext, run_coroutine
 from .resume import ItemCache
@@ -77,7 +78,10 @@ class ConcurrentLLMExecutor:
         *,
         fanout: FanOut,
         should_stop_callback: Callable[[StopCheck], None] | None = None,
+        attempt_context: Callable[[], ContextManager[Any]] | None = None,
     ) -> None:
+        """``attempt_context()`` is entered around each attempt's ``fn(llm)``, in the thread that makes it
+        (e.g. instrumentation tags a host puts on every attempt)."""
         if not models:
             raise ValueError("No LLMs provided")
         if should_stop_callback is not None and not callable(should_stop_callback):
@@ -85,6 +89,7 @@ class ConcurrentLLMExecutor:
         self.models = list(models)
         self.fanout = fanout
         self.should_stop_callback = should_stop_callback
+        self.attempt_context = attempt_context
 
     # -- one call --------------------------------------------------------------------
     def run(self, fn: Callable[[Any], R]) -> R:
@@ -132,7 +137,8 @@ class ConcurrentLLMExecutor:
                     llm = model.create_llm()
                 except Exception as exc:
                     raise _CreateFailed(str(exc)) from exc
-                return fn(llm)
+                with self.attempt_context() if self.attempt_context is not None else contextlib.nullcontext():
+                    return fn(llm)
 
             try:
                 result = await ctx.call(attempt_call)

@@ -30,6 +30,8 @@ call, never a different output. Wasted calls are counted in :class:`SpeculationR
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 import hashlib
 import json
 import logging
@@ -51,7 +53,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
 )
 from llama_index.core.llms.custom import CustomLLM
-from pydantic import PrivateAttr, ValidationError
+from pydantic import PrivateAttr, ValidationError, model_serializer
 
 from .resume import atomic_write_text
 from .simllm.generator import ids_in, json_for_schema
@@ -190,15 +192,81 @@ class AnswerStore:
             self._answers[key] = answer
 
 
+# -- record passes are silent -------------------------------------------------------------------
+_RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar("planexe_concurrency_recording", default=False)
+
+
+class _NotWhileRecording(logging.Filter):
+    """Drops the host's log records made during a record pass (they speak of stand-in answers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _RECORDING.get()
+
+
+_QUIET = _NotWhileRecording()
+_events_patched = False
+_patch_lock = threading.Lock()
+
+
+def _silence_instrumentation() -> None:
+    """llama-index's dispatcher drops events raised in a record pass (hosts log them, e.g. to a JSONL file)."""
+    global _events_patched
+    with _patch_lock:
+        if _events_patched:
+            return
+        from llama_index.core.instrumentation.dispatcher import Dispatcher
+
+        original = Dispatcher.event
+
+        def event(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _RECORDING.get():
+                return None
+            return original(self, *args, **kwargs)
+
+        Dispatcher.event = event  # type: ignore[method-assign]
+        _events_patched = True
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[None]:
+    """While a record pass runs in this thread: no instrumentation events, no log records of the host."""
+    _silence_instrumentation()
+    handlers = set(logging.getLogger().handlers)
+    for logger_ in list(logging.Logger.manager.loggerDict.values()):
+        handlers.update(getattr(logger_, "handlers", ()))
+    for handler in handlers:
+        handler.addFilter(_QUIET)
+    token = _RECORDING.set(True)
+    try:
+        yield
+    finally:
+        _RECORDING.reset(token)
+
+
 # -- what a call is ----------------------------------------------------------------------------
+def _snapshot(value: Any) -> Any:
+    """A copy of a container (its state now), or the value itself."""
+    if isinstance(value, (list, dict, set)):
+        try:
+            return copy.deepcopy(value)
+        except Exception:
+            return copy.copy(value)
+    return value
+
+
 def frozen(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` with its closure bound to the values it has now (a loop's closure sees the last item later)."""
+    """``fn`` with its closure bound to the values it has now.
+
+    A loop's closure sees the loop's later values by the time it runs, and a message list
+    it captured may have grown (PlanExe's chats append each answer and the next question
+    to one list): lists, dicts and sets are copied as they are at the call.
+    """
     if not isinstance(fn, types.FunctionType) or not fn.__closure__:
         return fn
     cells = []
     for cell in fn.__closure__:
         try:
-            cells.append(types.CellType(cell.cell_contents))
+            cells.append(types.CellType(_snapshot(cell.cell_contents)))
         except ValueError:  # an empty cell stays as it is
             cells.append(cell)
     copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, tuple(cells))
@@ -261,6 +329,7 @@ class PassCall:
     digests: list[str] = field(default_factory=list)  # every request it made, in order
     foreign_markers: bool = False
     settled: bool = False  # ended with the failure its early run met
+    first_key: str | None = None  # its first request and occurrence: what the call is, across passes
 
     @property
     def verified(self) -> bool:
@@ -285,18 +354,27 @@ class SpeculationReport:
     """What one task's speculation did; ``wasted`` calls were sent early and never used."""
 
     task: str
+    calls: int = 0  # executor.run calls of the replay: PlanExe's own count
     passes: int = 0
     rounds: int = 0
     sent_early: int = 0
+    overlapped: int = 0  # sent early in a round with at least one other call
     used: int = 0
     wasted: int = 0
     replayed_from_store: int = 0
     asked_live: int = 0
     chained: int = 0  # asked in the host's order after a chain was found (see Speculation.CHAIN_ROUNDS)
+    single: int = 0  # a last lone call, asked in the replay (nothing left to overlap it with)
     stopped_early: str = ""
+    refused: int = 0  # early calls that would have sent a stand-in's text: not sent (a bug if not 0)
+    fell_back: str = ""  # why the host's code ran as it is (the first record pass failed)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+class StandInInRequest(Exception):
+    """A call about to send a stand-in answer's text to the provider: refused, the call is asked in the replay."""
 
 
 class RecordFailed(Exception):
@@ -328,6 +406,12 @@ class PassLLM(CustomLLM):
         occurrence = call.counts_before[request.digest] + self._spec._pass_counts[request.digest]
         self._spec._pass_counts[request.digest] += 1
         call.digests.append(request.digest)
+        if call.first_key is None:
+            call.first_key = AnswerStore.key(request, occurrence)
+            early = self._spec.early.get(call.first_key)
+            if early is not None and not early.ok and same_function(early.fn, call.fn):
+                call.settled = True
+                raise early.value  # as it will be raised in the replay, so the host's handling decides
         known = self._spec.store.get(request, occurrence)
         if known is not None:
             self._current = known
@@ -361,12 +445,22 @@ class AnsweringLLM(CustomLLM):
 
     _in_pass: bool = PrivateAttr(default=False)
 
-    def __init__(self, real: Any, spec: "Speculation", counts_before: Counter[str], *, in_pass: bool = False) -> None:
+    _call_key: Any = PrivateAttr(default=None)
+
+    def __init__(
+        self, real: Any, spec: "Speculation", counts_before: Counter[str], *, in_pass: bool = False, call_key: str | None = None
+    ) -> None:
         super().__init__()
         self._real = real
         self._spec = spec
         self._counts = Counter(counts_before)
         self._in_pass = in_pass  # the replay's own calls: occurrences count in the pass
+        self._call_key = call_key  # an early call's identity (None in the replay)
+
+    @model_serializer(mode="plain")
+    def _as_the_real_llm(self, info: Any) -> Any:
+        """Serialised (in instrumentation events, say) as the LLM it wraps, so what hosts record stays the same."""
+        return type(self._real).__pydantic_serializer__.to_python(self._real, mode=info.mode)
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -385,6 +479,9 @@ class AnsweringLLM(CustomLLM):
             self._current = known
             return known.value_for(request)
         self._current = None
+        if self._call_key is not None and self._spec.markers_in(request.all_text()):
+            self._spec._refused.add(self._call_key)
+            raise StandInInRequest(f"{self._spec.task}: a request of an early call holds a stand-in answer; not sent")
         value = ask()
         self._spec.store.put(request, occurrence, Answer(value, self._real.metadata, self._real.class_name()))
         return value
@@ -404,6 +501,30 @@ class AnsweringLLM(CustomLLM):
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         return self._real.stream_complete(prompt, formatted=formatted, **kwargs)
+
+
+class _NotSaved(Exception):
+    pass
+
+
+class _SavedAnswersOnly(CustomLLM):
+    """The 'real' LLM of a call whose answers are all saved: asking it anything is a miss."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="saved-answers")
+
+    def structured_predict(self, *args: Any, **kwargs: Any) -> Any:
+        raise _NotSaved()
+
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        raise _NotSaved()
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        raise _NotSaved()
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        raise _NotSaved()
 
 
 # -- stand-in answers ------------------------------------------------------------------------------
@@ -447,13 +568,15 @@ class Speculation:
         self.nonce = secrets.token_hex(4)
         self._marker_re = re.compile(rf"sx{self.nonce}c(\d+)x", re.IGNORECASE)
         self.report = SpeculationReport(task)
-        self.early: dict[int, EarlyOutcome] = {}
+        self.early: dict[str, EarlyOutcome] = {}  # by the call's first request and occurrence
         self._mode = "record"
         self._calls: list[PassCall] = []
         self._pass_counts: Counter[str] = Counter()
         self._last_record: dict[int, PassCall] = {}
-        self._live: Callable[[Callable[[Any], Any]], Any] | None = None
+        self._live: Callable[[Callable[[Any], Any], str], Any] | None = None
         self._chain_found = False
+        self._single = False
+        self._refused: set[str] = set()
 
     # -- markers and stand-ins ------------------------------------------------------------
     def markers_in(self, text: str) -> list[str]:
@@ -490,16 +613,13 @@ class Speculation:
         counts_before = Counter(self._pass_counts)
         call = PassCall(index, frozen(fn), counts_before)
         self._calls.append(call)
-        early = self.early.get(index)
         if self._mode == "replay":
-            return self._replay(call, early)
-        if early is not None and not early.ok and same_function(early.fn, call.fn):
-            call.settled = True
-            raise early.value  # as it will be raised in the replay, so the host's handling decides
+            return self._replay(call)
         return fn(PassLLM(self, call))
 
-    def _replay(self, call: PassCall, early: EarlyOutcome | None) -> Any:
+    def _replay(self, call: PassCall) -> Any:
         recorded = self._last_record.get(call.index)
+        early = self.early.get(recorded.first_key) if recorded is not None and recorded.first_key else None
         if early is not None and recorded is not None and recorded.verified and same_function(early.fn, call.fn):
             self._pass_counts.update(recorded.digests)
             early.used = True
@@ -508,15 +628,24 @@ class Speculation:
                 raise early.value
             return early.value
         assert self._live is not None
-        if recorded is not None and recorded.verified and same_function(recorded.fn, call.fn):
-            self.report.replayed_from_store += 1  # answered before (a resumed run): nothing is asked
-        elif early is None and self._chain_found:
-            self.report.chained += 1
-        else:
-            self.report.asked_live += 1
         counts = call.counts_before
         fn = call.fn
-        return self._live(lambda llm: fn(AnsweringLLM(llm, self, counts, in_pass=True)))
+        if recorded is not None and recorded.verified and same_function(recorded.fn, call.fn):
+            # answered before (a resumed run): nothing is asked, nothing goes through the engine
+            try:
+                result = fn(AnsweringLLM(_SavedAnswersOnly(), self, counts, in_pass=True))
+            except _NotSaved:
+                pass  # the host asked something else after all: ask it live below
+            else:
+                self.report.replayed_from_store += 1
+                return result
+        if early is None and self._chain_found:
+            self.report.chained += 1
+        elif early is None and self._single:
+            self.report.single += 1
+        else:
+            self.report.asked_live += 1
+        return self._live(lambda llm: fn(AnsweringLLM(llm, self, counts, in_pass=True)), f"call {call.index + 1}")
 
     # -- the whole run ------------------------------------------------------------------------
     def run(
@@ -524,7 +653,7 @@ class Speculation:
         body: Callable[[], None],
         *,
         send: Callable[[Sequence[Callable[[Any], Any]], Sequence[str]], dict[int, tuple[bool, Any]]],
-        live: Callable[[Callable[[Any], Any]], Any],
+        live: Callable[[Callable[[Any], Any], str], Any],
         sandbox: Callable[[int], ContextManager[None]],
         stop_exceptions: tuple[type[BaseException], ...] = (),
     ) -> SpeculationReport:
@@ -532,12 +661,12 @@ class Speculation:
 
         ``send(fns, labels)`` runs each ``fn(llm)`` for real, concurrently, and returns
         ``{position: (ok, result or exception)}`` for those that ended (a fail-fast stop may
-        leave some out). ``live(fn)`` runs one now. ``sandbox(pass_number)`` is where a record
+        leave some out). ``live(fn, label)`` runs one now and raises what the host's executor would. ``sandbox(pass_number)`` is where a record
         pass runs (the host's files go to scratch). Raises :class:`RecordFailed` if the first
         record pass fails; a stop exception from ``send`` passes through.
         """
         self._live = live
-        sent: set[tuple[int, str]] = set()  # (call, its first unanswered request): each sent once
+        sent: set[str] = set()  # calls (by first request and occurrence) are sent once each
         single_rounds = 0
         while self.report.passes < self.MAX_PASSES:
             failed = self._record_pass(body, sandbox, stop_exceptions)
@@ -547,17 +676,25 @@ class Speculation:
                 self.report.stopped_early = f"record pass {self.report.passes} failed: {type(failed).__name__}: {failed}"
                 logger.info("task=%s speculation stops after pass %d (%s); the rest is asked live", self.task, self.report.passes, self.report.stopped_early)
                 break
-            ready = [c for c in self._calls if c.ready and (c.index, c.unknown[0].digest) not in sent]
+            ready = [c for c in self._calls if c.ready and c.first_key not in sent]
             if not ready:
                 break
             waiting = any(c.unknown and c.foreign_markers for c in self._calls)
+            if len(ready) == 1 and not waiting:
+                # One call left and nothing waiting on it: sending it early would overlap nothing
+                # and cost one more pass of the host's code. The replay asks it, as the host would.
+                self.report.stopped_early = "one call left, nothing to overlap: asked in the replay"
+                self._single = True
+                break
             single_rounds = single_rounds + 1 if len(ready) == 1 and waiting else 0
             if single_rounds > self.CHAIN_ROUNDS:
                 self._chain_found = True
                 self.report.stopped_early = "a chain: each call waits for the one before; the rest is asked in order"
                 break
             self.report.rounds += 1
-            sent.update((c.index, c.unknown[0].digest) for c in ready)
+            if len(ready) > 1:
+                self.report.overlapped += len(ready)
+            sent.update(c.first_key for c in ready if c.first_key)
             self.report.sent_early += len(ready)
             outcomes = send(
                 [self._early_fn(c) for c in ready],
@@ -565,19 +702,24 @@ class Speculation:
             )
             for position, (ok, value) in outcomes.items():
                 call = ready[position]
-                self.early[call.index] = EarlyOutcome(call.fn, ok, value)
+                assert call.first_key is not None
+                if call.first_key in self._refused:
+                    continue  # never sent: the replay asks it
+                self.early[call.first_key] = EarlyOutcome(call.fn, ok, value)
         self._mode = "replay"
         self._calls = []
         self._pass_counts = Counter()
         body()
-        self.report.wasted = self.report.sent_early - self.report.used
+        self.report.calls = len(self._calls)
+        self.report.refused = len(self._refused)
+        self.report.wasted = self.report.sent_early - self.report.used - self.report.refused
         return self.report
 
     def _early_fn(self, call: PassCall) -> Callable[[Any], Any]:
-        fn, counts = call.fn, call.counts_before
+        fn, counts, key = call.fn, call.counts_before, call.first_key
 
         def early(llm: Any) -> Any:
-            return fn(AnsweringLLM(llm, self, counts))
+            return fn(AnsweringLLM(llm, self, counts, call_key=key))
 
         return early
 
@@ -589,7 +731,7 @@ class Speculation:
         self._pass_counts = Counter()
         self.report.passes += 1
         try:
-            with sandbox(self.report.passes):
+            with sandbox(self.report.passes), recording():
                 body()
         except stop:
             raise

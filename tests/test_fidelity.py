@@ -1,8 +1,10 @@
 """The acceptance test: the concurrent pipeline writes exactly the files PlanExe's sequential one writes."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -47,7 +49,8 @@ def test_concurrent_outputs_are_byte_identical(
     assert sum(r["wasted"] for r in reports.values()) == 0, {k: r for k, r in reports.items() if r["wasted"]}
     assert sum(r["asked_live"] for r in reports.values()) == 0, {k: r for k, r in reports.items() if r["asked_live"]}
     answers = list((state_dir_for(run_dir) / "answers").rglob("*.json"))
-    assert len(answers) >= sum(r["sent_early"] for r in reports.values()) >= 60  # a call may ask twice (ExpertFinder)
+    assert len(answers) >= sum(r["calls"] for r in reports.values()) >= 60  # every call saved (ExpertFinder asks twice)
+    assert sum(r["overlapped"] for r in reports.values()) >= (18 if fast else 25)  # the loops went out together
 
 
 def test_concurrent_under_four_luigi_workers_is_byte_identical(
@@ -56,3 +59,49 @@ def test_concurrent_under_four_luigi_workers_is_byte_identical(
     run_dir = new_run_dir("workers4")
     assert run_pipeline(run_dir, concurrent=True, workers=4, max_parallel=8)
     assert differing_files(sequential_runs[False], run_dir) == []
+
+
+def test_each_call_keeps_its_own_duration_at_one_point_two_seconds_per_call(
+    sequential_runs: dict[bool, Path], tmp_path: Path, luigi_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The raw files record each call's duration (whole seconds, rounded up, as PlanExe does).
+
+    At 1.2 s per call a real call records 2; an answer handed back instantly would record 1.
+    So the files equal the sequential run's only if the replay returns what the early calls
+    themselves measured.
+    """
+    import luigi
+
+    from pipeline_patches import pipeline as patches
+
+    monkeypatch.setenv("PLANEXE_SIMLLM_LATENCY", "1.2")
+    tasks = ("CreateWBSLevel3Task", "ExpertReviewTask", "PremiseAttackTask")
+    runs = {}
+    for name in ("sequential", "concurrent"):
+        run_dir = tmp_path / name
+        shutil.copytree(sequential_runs[False], run_dir)
+        for task_name in tasks:
+            task = getattr(patches.P, task_name)(run_id_dir=run_dir, llm_models=["simulated"])
+            for target in luigi.task.flatten(task.output()):
+                target.remove()
+            for raw in run_dir.glob(RAW_FILES[task_name]):
+                raw.unlink()
+        (patches.enable if name == "concurrent" else patches.disable)()
+        try:
+            built = [getattr(patches.P, t)(run_id_dir=run_dir, llm_models=["simulated"]) for t in tasks]
+            assert luigi.build(built, local_scheduler=True, workers=1, log_level="WARNING")
+        finally:
+            patches.enable()
+        runs[name] = run_dir
+    assert differing_files(runs["sequential"], runs["concurrent"]) == []
+    durations = [json.loads(p.read_text())["metadata"]["duration"] for p in sorted(runs["concurrent"].glob("023-1-*"))]
+    assert durations and set(durations) == {2}
+    reports = speculation_reports(runs["concurrent"])
+    assert reports["CreateWBSLevel3Task"]["used"] == len(durations) and reports["ExpertReviewTask"]["rounds"] >= 2
+
+
+RAW_FILES = {
+    "CreateWBSLevel3Task": "023-1-*",
+    "ExpertReviewTask": "016-1-*",
+    "PremiseAttackTask": "___none___",
+}

@@ -123,9 +123,12 @@ def test_a_child_killed_mid_call_holds_up_nobody(server: OwnerCallServer, record
     assert any(c.get("n") == 0 for c in recorder.calls)  # the dead child's call was still made, once
 
 
-def test_a_child_whose_owner_dies_stops_waiting(tmp_path: Path) -> None:
+def test_a_child_whose_owner_dies_stops_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The owner dies while it runs a grandchild's call: the grandchild gets OwnerGone, it does not hang,
     even though another process still holds the connection open (so no end-of-file arrives)."""
+    import planexe_concurrency.owner_calls as owner_calls
+
+    monkeypatch.setattr(owner_calls, "FORK_WAIT", 0.1)  # the sibling below forks during the call on purpose
     result = tmp_path / "result.json"
 
     def owner() -> None:
@@ -337,3 +340,24 @@ def test_a_reply_that_never_comes_is_owner_gone(child_view: OwnerCallServer, tmp
         child_view.call({"name": "x"})
     t.join(5)
     mute.close()
+
+
+def test_a_fork_waits_for_a_call_in_progress_so_the_child_inherits_no_held_lock(
+    server: OwnerCallServer, recorder: Recorder
+) -> None:
+    """A call writing (PlanExe's callback writes its log file) while Luigi forks would leave the child a locked stream."""
+    caller = threading.Thread(target=lambda: server.call({"name": "slow"}))
+    caller.start()
+    deadline = time.time() + 5
+    while recorder.active == 0 and time.time() < deadline:
+        time.sleep(0.005)
+    assert recorder.active == 1  # the call is running in one of the owner's threads
+    pid = os.fork()
+    if pid == 0:  # the child: exit at once, the test is about when the fork happened
+        os._exit(0)
+    forked_after_call = recorder.active == 0 and len(recorder.calls) == 1
+    os.waitpid(pid, 0)
+    caller.join(5)
+    assert forked_after_call
+    assert server.exclusive.acquire(timeout=1)  # and the parent's lock was given back
+    server.exclusive.release()

@@ -5,6 +5,7 @@ each test compares what it returns under speculation with what it returns run se
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -164,7 +165,7 @@ class Host:
                     outcomes[f.index] = (False, f.error)
             return outcomes
 
-        def live(fn: Callable[[Any], Any]) -> Any:
+        def live(fn: Callable[[Any], Any], label: str) -> Any:
             try:
                 return self.engine().run(fn)
             except ItemFailedError as exc:
@@ -358,3 +359,101 @@ def test_frozen_keeps_the_loop_value_and_same_function_compares_captures() -> No
     assert [f(10) for f in fns] == [10, 11, 12]
     assert same_function(fns[0], frozen(fns[0]))
     assert not same_function(fns[0], fns[1])
+
+
+def test_attempts_carry_the_hosts_instrumentation_tags_where_the_host_tags_them(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from llama_index.core.instrumentation.dispatcher import instrument_tags
+
+    from pipeline_patches.base import attempt_tags
+
+    assert attempt_tags(SimpleNamespace(llm_executor=SimpleNamespace())) is None  # an older PlanExe tags nothing
+    context = attempt_tags(SimpleNamespace(llm_executor=SimpleNamespace(instrument_tags=instrument_tags)))
+    assert context is not None
+    seen: list[Any] = []
+    host = Host(tmp_path)
+    settings = FanOutSettings(max_parallel=2, retry=RetryPolicy(attempts=1))
+    executor = ConcurrentLLMExecutor([Model(host.llm)], fanout=FanOut(settings, task="T"), attempt_context=context)
+
+    def fn(llm: Any) -> None:
+        from llama_index.core.instrumentation.dispatcher import active_instrument_tags
+
+        seen.append(dict(active_instrument_tags.get()))
+
+    executor.run_batch([fn, fn])
+    assert len(seen) == 2 and all(set(tags) == {"llm_executor_uuid"} for tags in seen)
+    assert seen[0] != seen[1]
+
+
+def test_a_record_pass_raises_no_instrumentation_event_and_logs_nothing_of_the_host(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers.base import BaseEventHandler
+
+    events: list[str] = []
+
+    class Collect(BaseEventHandler):
+        def handle(self, event: Any, **kwargs: Any) -> None:
+            events.append(type(event).__name__)
+
+    handler = Collect()
+    get_dispatcher().add_event_handler(handler)
+    host_log = logging.getLogger("a_host_module")
+
+    def body(executor: Any) -> list[str]:
+        answers = independent_loop(executor)
+        host_log.warning("host says: %s", answers[0])
+        return answers
+
+    try:
+        with caplog.at_level("WARNING"):
+            Host(tmp_path).speculative(body)
+    finally:
+        get_dispatcher().event_handlers.remove(handler)
+    said = [r.getMessage() for r in caplog.records if r.name == "a_host_module"]
+    assert said == ["host says: A(q0)"]  # the replay's line only, with the real answer
+    assert events and "StandIn" not in " ".join(events)
+    assert events.count("LLMChatStartEvent") == 6  # the six real calls, none of the record pass
+
+
+def test_a_chat_that_grows_one_message_list_is_sent_as_it_was_at_each_call(tmp_path: Path) -> None:
+    """PlanExe's ReviewPlan and SelfAudit keep one list and append each answer and the next question to it."""
+
+    def body(executor: Any) -> list[str]:
+        messages = [ChatMessage(role=MessageRole.SYSTEM, content="review")]
+        out = []
+        for i in range(4):
+            messages.append(ChatMessage(role=MessageRole.USER, content=f"question {i}"))
+
+            def execute_function(llm: Any) -> Any:
+                return llm.as_structured_llm(Text).chat(messages).raw  # the list itself, not a copy
+
+            answer = executor.run(execute_function).text
+            messages.append(ChatMessage(role=MessageRole.ASSISTANT, content=answer))
+            out.append(answer)
+        return out
+
+    sequential_host = Host(tmp_path)
+    expected = sequential_host.sequential(body)
+    host = Host(tmp_path)
+    result, report = host.speculative(body)
+    assert result == expected
+    assert host.calls.questions == sequential_host.calls.questions
+    assert (report.used, report.chained, report.wasted, report.refused) == (2, 2, 0, 0)
+
+
+def test_the_wrapped_llm_is_serialised_as_the_llm_it_wraps() -> None:
+    """Hosts record the model of every LLM event (PlanExe's track_activity.jsonl): the wrapper must not show."""
+    from collections import Counter
+
+    from llama_index.core.llms.structured_llm import StructuredLLM
+
+    from planexe_concurrency.simllm import SimulatedLLM
+    from planexe_concurrency.speculation import AnsweringLLM
+
+    real = SimulatedLLM(latency=0.0)
+    wrapped = AnsweringLLM(real, Speculation(task="T", store=AnswerStore(None)), Counter())
+    assert StructuredLLM(llm=wrapped, output_cls=Text).to_dict() == StructuredLLM(llm=real, output_cls=Text).to_dict()
+    assert wrapped.class_name() == real.class_name() and wrapped.metadata == real.metadata

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from llama_index.core.llms import ChatMessage, MessageRole
 from llama_index.core.llms.llm import LLM
 
-from worker_plan_internal.llm_util.structured_step import llm_metadata, write_json, write_text
+from worker_plan_internal.llm_util.structured_step import llm_metadata, plain_chat, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ShortenMarkdown:
             ChatMessage(role=MessageRole.SYSTEM, content=SYSTEM_PROMPT),
             ChatMessage(role=MessageRole.USER, content=user_prompt),
         ]
-        content = llm.chat(messages).message.content or ""
+        content = plain_chat(llm, messages).message.content or ""
         start, end = content.find("[BEGIN]"), content.find("[END]")
         if start != -1 and end > start:
             markdown = content[start + len("[BEGIN]"):end].strip()

@@ -1,6 +1,8 @@
 """The one-LLM-call step most of the double's tasks are made of, and small shared helpers.
 
-Determinism: nothing written to a run directory depends on the clock or on ``uuid4``. Where
+Determinism: nothing written to a run directory depends on ``uuid4``, and only one thing on the
+clock: as PlanExe does, each raw file records its call's duration in whole seconds, rounded up
+(:func:`llm_metadata`), so the same answers replayed instantly would show up as shorter calls. Where
 PlanExe draws random ids (levers, documents, team members, experts, WBS tasks) the double
 derives them with :func:`stable_uuid` (``uuid5`` of the item's content and position), so two
 sequential runs of the double write byte-identical files, and so does a concurrent run that
@@ -14,6 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -28,10 +34,12 @@ __all__ = [
     "exact_list_model",
     "file_blocks",
     "llm_metadata",
+    "plain_chat",
     "render_markdown",
     "sha256_hex",
     "stable_uuid",
     "structured_chat",
+    "structured_complete",
 ]
 
 # Fixed namespace for the double's uuid5 ids (any constant works; it must never change).
@@ -47,24 +55,62 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_DURATION = re.compile(r'"duration": \d+')
+
+
+def without_durations(text: str) -> str:
+    """``text`` with every call duration set to 0: PlanExe's prompts leave out its raw files'
+    metadata, so a later prompt must not depend on how long an earlier call took."""
+    return _DURATION.sub('"duration": 0', text)
+
+
 def digest_query(files: Sequence[tuple[str, str]]) -> str:
-    """A short user prompt naming each input file with the sha256 of its content."""
-    return "\n".join(f"Input '{name}' sha256={sha256_hex(text)} chars={len(text)}" for name, text in files)
+    """A short user prompt naming each input file with the sha256 of its content (durations left out)."""
+    lines = []
+    for name, text in files:
+        plain = without_durations(text)
+        lines.append(f"Input '{name}' sha256={sha256_hex(plain)} chars={len(plain)}")
+    return "\n".join(lines)
 
 
 def file_blocks(files: Sequence[tuple[str, str]]) -> str:
     """A full-text user prompt: each input file under its name, in the given order."""
-    return "\n\n".join(f"File '{name}':\n{text}" for name, text in files)
+    return "\n\n".join(f"File '{name}':\n{without_durations(text)}" for name, text in files)
+
+
+_timing = threading.local()
+
+
+def _timed(ask: Any) -> Any:
+    started = time.perf_counter()
+    try:
+        return ask()
+    finally:
+        _timing.duration = time.perf_counter() - started
 
 
 def llm_metadata(llm: LLM) -> dict[str, Any]:
-    """What a raw file records about the model; nothing time-dependent."""
-    return {"llm_classname": llm.class_name(), "model_name": getattr(llm.metadata, "model_name", None)}
+    """What a raw file records about the model and the call: as PlanExe, the duration in whole seconds, rounded up."""
+    return {
+        "llm_classname": llm.class_name(),
+        "model_name": getattr(llm.metadata, "model_name", None),
+        "duration": int(math.ceil(getattr(_timing, "duration", 0.0))),
+    }
 
 
 def structured_chat(llm: LLM, response_model: type[BaseModel], messages: list[ChatMessage]) -> Any:
-    """``llm.as_structured_llm(M).chat(messages)``, PlanExe's way of asking for a pydantic answer."""
-    return llm.as_structured_llm(response_model).chat(messages)
+    """``llm.as_structured_llm(M).chat(messages)``, PlanExe's way of asking for a pydantic answer (timed)."""
+    return _timed(lambda: llm.as_structured_llm(response_model).chat(messages))
+
+
+def plain_chat(llm: LLM, messages: list[ChatMessage]) -> Any:
+    """``llm.chat(messages)`` (timed)."""
+    return _timed(lambda: llm.chat(messages))
+
+
+def structured_complete(llm: LLM, response_model: type[BaseModel], prompt: str) -> Any:
+    """``llm.as_structured_llm(M).complete(prompt)`` (timed)."""
+    return _timed(lambda: llm.as_structured_llm(response_model).complete(prompt))
 
 
 def system_user(system_prompt: str, user_prompt: str) -> list[ChatMessage]:
@@ -187,7 +233,7 @@ class StructuredStep(PromptedResponse):
         system_prompt = cls.system_prompt_for(**context)
         model = cls.response_model(**context)
         if cls.USE_COMPLETE:
-            completion = llm.as_structured_llm(model).complete(f"{system_prompt}\n\n{user_prompt}")
+            completion = structured_complete(llm, model, f"{system_prompt}\n\n{user_prompt}")
             response = json.loads(completion.text)
         else:
             chat_response = structured_chat(llm, model, system_user(system_prompt, user_prompt))

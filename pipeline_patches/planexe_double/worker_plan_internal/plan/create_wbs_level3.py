@@ -11,7 +11,7 @@ from typing import Any
 from llama_index.core.llms.llm import LLM
 from pydantic import BaseModel, Field
 
-from worker_plan_internal.llm_util.structured_step import llm_metadata, stable_uuid
+from worker_plan_internal.llm_util.structured_step import llm_metadata, stable_uuid, structured_complete
 
 PREAMBLE = "Break the one task named at the end into a few concrete subtasks with the resources each needs.\n\n"
 
@@ -42,7 +42,7 @@ class CreateWBSLevel3:
             raise ValueError("Invalid query.")
         if not isinstance(decompose_task_id, str):
             raise ValueError("Invalid decompose_task_id.")
-        completion = llm.as_structured_llm(SubtaskList).complete(PREAMBLE + query)
+        completion = structured_complete(llm, SubtaskList, PREAMBLE + query)
         response = json.loads(completion.text)
         tasks = [
             {

@@ -15,7 +15,7 @@ from llama_index.core.llms.llm import LLM
 from pydantic import BaseModel, Field
 
 from worker_plan_internal.format_json_for_use_in_query import format_json_for_use_in_query
-from worker_plan_internal.llm_util.structured_step import exact_list_model, llm_metadata
+from worker_plan_internal.llm_util.structured_step import exact_list_model, llm_metadata, structured_complete
 
 TASK_IDS_HEADER = "Estimate only these task ids:"
 _QUOTED = re.compile(r'^"([^"]+)"$')
@@ -65,7 +65,7 @@ class EstimateWBSTaskDurations:
             raise ValueError("Invalid query.")
         task_ids = cls.requested_task_ids(query)
         model = exact_list_model("TimeEstimates", "task_details", TaskEstimate, len(task_ids), "One per task id, in order.")
-        completion = llm.as_structured_llm(model).complete(PREAMBLE + query)
+        completion = structured_complete(llm, model, PREAMBLE + query)
         response = json.loads(completion.text)
         for detail, task_id in zip(response["task_details"], task_ids):
             detail["task_id"] = task_id

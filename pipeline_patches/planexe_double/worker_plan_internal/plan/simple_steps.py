@@ -18,6 +18,7 @@ from worker_plan_internal.llm_util.structured_step import (
     StructuredStep,
     exact_list_model,
     llm_metadata,
+    plain_chat,
     render_markdown,
     stable_uuid,
     write_json,
@@ -599,7 +600,7 @@ class ConvertPitchToMarkdown:
             ChatMessage(role=MessageRole.SYSTEM, content=cls.SYSTEM_PROMPT),
             ChatMessage(role=MessageRole.USER, content=user_prompt),
         ]
-        text = llm.chat(messages).message.content or ""
+        text = plain_chat(llm, messages).message.content or ""
         return cls(cls.SYSTEM_PROMPT, user_prompt, {"response_content": text}, f"# Pitch\n\n{text}\n", llm_metadata(llm))
 
     def to_dict(self) -> dict[str, Any]:
