@@ -103,6 +103,7 @@ class UuidReplay:
         self.drawn: list[uuid.UUID] = []
         self._next = 0
         self._original = uuid.uuid4
+        self._bound: list[Any] | None = None
 
     def _uuid4(self) -> uuid.UUID:
         if self._next == len(self.drawn):
@@ -111,14 +112,21 @@ class UuidReplay:
         self._next += 1
         return value
 
+    def _modules(self) -> list[Any]:
+        """PlanExe's modules that bound ``uuid4`` by name (found once per task run)."""
+        if self._bound is None:
+            prefix = self.package + "."
+            self._bound = [
+                m for name, m in list(sys.modules.items())
+                if (name == self.package or name.startswith(prefix)) and m is not None
+                and getattr(m, "uuid4", None) is self._original
+            ]
+        return self._bound
+
     @contextlib.contextmanager
     def pass_(self) -> Iterator[None]:
         self._next = 0
-        modules = [
-            m for name, m in list(sys.modules.items())
-            if m is not None and (name == self.package or name.startswith(self.package + "."))
-            and getattr(m, "uuid4", None) is self._original
-        ]
+        modules = self._modules()
         uuid.uuid4 = self._uuid4  # type: ignore[assignment]
         for module in modules:
             module.uuid4 = self._uuid4  # type: ignore[attr-defined]

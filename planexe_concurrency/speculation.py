@@ -204,6 +204,7 @@ class _NotWhileRecording(logging.Filter):
 
 
 _QUIET = _NotWhileRecording()
+_filtered_loggers = -1
 _events_patched = False
 _patch_lock = threading.Lock()
 
@@ -231,11 +232,18 @@ def _silence_instrumentation() -> None:
 def recording() -> Iterator[None]:
     """While a record pass runs in this thread: no instrumentation events, no log records of the host."""
     _silence_instrumentation()
-    handlers = set(logging.getLogger().handlers)
-    for logger_ in list(logging.Logger.manager.loggerDict.values()):
-        handlers.update(getattr(logger_, "handlers", ()))
-    for handler in handlers:
-        handler.addFilter(_QUIET)
+    global _filtered_loggers
+    loggers = logging.Logger.manager.loggerDict
+    if len(loggers) != _filtered_loggers:  # new loggers (and so maybe new handlers) since the last pass
+        handlers = set(logging.getLogger().handlers)
+        for logger_ in list(loggers.values()):
+            handlers.update(getattr(logger_, "handlers", ()))
+        for handler in handlers:
+            handler.addFilter(_QUIET)
+        _filtered_loggers = len(loggers)
+    else:
+        for handler in logging.getLogger().handlers:  # cheap: handlers added to the root since (pytest, PlanExe)
+            handler.addFilter(_QUIET)
     token = _RECORDING.set(True)
     try:
         yield
