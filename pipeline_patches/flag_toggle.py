@@ -128,6 +128,35 @@ def import_lazy_modules() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    build_deferred_models()
+
+
+# The models of a chat completion (the response, its messages, tool calls and usage).
+DEFERRED_MODEL_MODULES = ("openai.types.chat", "openai.types.completion_usage", "openai.types.shared")
+
+
+def build_deferred_models(prefixes: Sequence[str] = DEFERRED_MODEL_MODULES) -> int:
+    """Build the pydantic models the openai client defers (``defer_build``) until their first use.
+
+    Built lazily, two threads of one process serialising their first responses at once race:
+    one gets pydantic's placeholder serializer (``'MockValSer' object cannot be converted to
+    'SchemaSerializer'``), and PlanExe's activity log silently loses that event (seen on real
+    PlanExe with three calls of a task sent together). Built here, in the parent, every forked
+    task inherits them whole. Returns how many were built.
+    """
+    built = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        for value in list(vars(module).values()):
+            complete = getattr(value, "__pydantic_complete__", None)
+            if isinstance(value, type) and complete is False and value.__module__ == name:
+                try:
+                    value.model_rebuild(force=True)  # type: ignore[attr-defined]
+                    built += 1
+                except Exception:  # a model that needs names defined later: left to pydantic
+                    continue
+    return built
 
 
 def prefer_fork() -> None:

@@ -135,3 +135,14 @@ def test_warm_up_builds_the_http_client_of_an_openai_like_llm(monkeypatch: pytes
     primed = patches.REUSED_LLMS._primed.pop("simulated-http")
     assert primed._client is not None  # built in the parent, inherited by forked tasks
     build_http_client(object())  # an LLM without one is left alone
+
+
+def test_the_warm_up_builds_the_openai_models_the_client_defers() -> None:
+    """Built lazily, concurrent first responses race (one gets pydantic's placeholder serializer)."""
+    chat = pytest.importorskip("openai.types.chat")
+    from pipeline_patches.flag_toggle import build_deferred_models, import_lazy_modules
+
+    import_lazy_modules()
+    assert type(chat.ChatCompletion.__pydantic_serializer__).__name__ == "SchemaSerializer"
+    assert type(chat.ChatCompletionMessage.__pydantic_serializer__).__name__ == "SchemaSerializer"
+    assert build_deferred_models() == 0  # nothing left to build

@@ -457,3 +457,115 @@ def test_the_wrapped_llm_is_serialised_as_the_llm_it_wraps() -> None:
     wrapped = AnsweringLLM(real, Speculation(task="T", store=AnswerStore(None)), Counter())
     assert StructuredLLM(llm=wrapped, output_cls=Text).to_dict() == StructuredLLM(llm=real, output_cls=Text).to_dict()
     assert wrapped.class_name() == real.class_name() and wrapped.metadata == real.metadata
+
+
+def test_plain_chat_and_completion_requests_are_recorded_sent_saved_and_replayed(tmp_path: Path) -> None:
+    """Not only structured answers: PlanExe also calls ``llm.chat`` and ``llm.complete``."""
+
+    def body(executor: Any) -> list[str]:
+        def chat(llm: Any, q: str = "") -> str:
+            return llm.chat([ChatMessage(role=MessageRole.USER, content=q)]).message.content
+
+        def complete(llm: Any, q: str = "") -> str:
+            return llm.complete(q).text
+
+        out = []
+        for i in range(3):
+            out.append(executor.run(lambda llm, i=i: chat(llm, f"chat {i}")))
+            out.append(executor.run(lambda llm, i=i: complete(llm, f"complete {i}")))
+        return out
+
+    store = tmp_path / "answers"
+    expected = Host(tmp_path).sequential(body)
+    result, report = Host(tmp_path).speculative(body, AnswerStore(store))
+    assert result == expected and report.overlapped == 6 and report.wasted == 0
+    again, report2 = Host(tmp_path).speculative(body, AnswerStore(store))  # from disk, both kinds
+    assert again == expected and report2.replayed_from_store == 6
+
+
+def test_an_answer_saved_for_another_request_is_not_used(tmp_path: Path) -> None:
+    from planexe_concurrency.speculation import Answer
+
+    one = Request.of("chat", None, [ChatMessage(role=MessageRole.USER, content="one")])
+    two = Request.of("chat", None, [ChatMessage(role=MessageRole.USER, content="two")])
+    answer = Answer(ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content="1")), LLMMetadata(), "X")
+    with pytest.raises(ValueError, match="another request"):
+        Answer.from_json(answer.to_json(one), two)
+    store = AnswerStore(tmp_path)
+    store.put(one, 0, answer)
+    (tmp_path / f"{AnswerStore.key(two, 0)}.json").write_text(answer.to_json(one))  # a file under the wrong name
+    assert AnswerStore(tmp_path).get(two, 0) is None and AnswerStore(tmp_path).get(one, 0) is not None
+
+
+def test_a_request_that_would_carry_a_stand_in_is_refused_not_sent(tmp_path: Path) -> None:
+    """A closure that reads a growing list through an object (not copied at the call) would send stand-in text."""
+
+    class Conversation:
+        def __init__(self) -> None:
+            self.messages: list[ChatMessage] = []
+
+    def body(executor: Any) -> list[str]:
+        talk = Conversation()
+        out = []
+        for i in range(3):
+            talk.messages.append(ChatMessage(role=MessageRole.USER, content=f"q{i}"))
+
+            def execute_function(llm: Any) -> Any:
+                return llm.as_structured_llm(Text).chat(list(talk.messages)).raw
+
+            answer = executor.run(execute_function).text
+            talk.messages.append(ChatMessage(role=MessageRole.ASSISTANT, content=answer))
+            out.append(answer)
+        return out
+
+    sequential = Host(tmp_path)
+    expected = sequential.sequential(body)
+    host = Host(tmp_path)
+    result, report = host.speculative(body)
+    assert result == expected
+    assert report.refused >= 1 and report.wasted == 0
+    assert not any("sx" in q and "stand-in" in q for q in host.calls.questions)
+    assert sorted(host.calls.questions) == sorted(sequential.calls.questions)  # nothing extra reached the provider
+
+
+def test_same_function_and_frozen_on_other_callables() -> None:
+    class Box:
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+        def method(self, llm: Any) -> int:
+            return self.v
+
+    a, b = Box(1), Box(1)
+    assert frozen(a.method) == a.method  # not a plain function: kept as it is
+    assert same_function(a.method, b.method)  # same code, equal state
+    assert not same_function(a.method, Box(2).method)
+    assert not same_function(len, abs)
+    from pydantic import create_model
+
+    M1 = create_model("M", x=(int, ...))
+    M2 = create_model("M", x=(int, ...))
+    M3 = create_model("M", x=(str, ...))
+
+    def f1(llm: Any) -> Any:
+        return M1
+
+    def f2(llm: Any) -> Any:
+        return M2
+
+    assert _same_types(M1, M2) and not _same_types(M1, M3)
+
+
+def _same_types(a: Any, b: Any) -> bool:
+    from planexe_concurrency.speculation import _same
+
+    return _same(a, b)
+
+
+def test_saved_answers_only_refuses_everything() -> None:
+    from planexe_concurrency.speculation import _NotSaved, _SavedAnswersOnly
+
+    llm = _SavedAnswersOnly()
+    for ask in (lambda: llm.chat([]), lambda: llm.complete("x"), lambda: llm.stream_complete("x"), lambda: llm.structured_predict(Text, None)):
+        with pytest.raises(_NotSaved):
+            ask()
