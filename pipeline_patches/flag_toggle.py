@@ -105,6 +105,10 @@ def warm_up(llm_models: Sequence[str]) -> float:
         except Exception as exc:  # the run itself will report a broken model properly
             logger.warning("warm-up: could not create %r: %s", name, exc)
     import_lazy_modules()
+    from .planexe import load_planexe
+    from .speculative import uuid_bound_modules
+
+    uuid_bound_modules(load_planexe().pipeline.__name__.split(".")[0])
     # Everything the parent holds now is what every forked task inherits. Left to the cyclic
     # garbage collector, each child's first full collection walks (and so copies, page by
     # page) that whole heap: measured ~0.3 s per task under --workers 4. Frozen, it is skipped.

@@ -1,29 +1,34 @@
-"""Every PlanExe task that calls an LLM, its independent calls sent at once: PlanExe's own code, recorded and replayed.
+"""Every PlanExe task that calls an LLM, its independent calls sent at once: PlanExe's own code, recorded ahead of itself.
 
 While the patches are on, ``PlanTask.run`` (PlanExe's, which calls ``run_inner``) runs a
-task's ``run_inner`` through :class:`planexe_concurrency.speculation.Speculation`: record
-passes with stand-in answers, the independent calls sent through the engine, and a last pass
-that writes PlanExe's files with the real answers. No task is named here: a task PlanExe adds
-tomorrow gets the same treatment, and one PlanExe no longer has is simply not there.
+task's ``run_inner`` through :class:`planexe_concurrency.speculation.Speculation`: the task
+runs for real, as PlanExe wrote it, and from its first LLM call on, record passes of the
+same code run beside it with stand-in answers, so the calls that do not depend on an
+answer still to come are sent at once through the engine and are answered by the time the
+real pass asks them. No task is named here: a task PlanExe adds tomorrow gets the same
+treatment, and one PlanExe no longer has is simply not there.
 
 What the host side adds to the engine's mechanism:
 
 * the executor PlanExe's code gets from ``create_llm_executor()`` (a subclass of PlanExe's
   ``LLMExecutor``, because PlanExe checks the type) hands each ``run(fn)`` to the session;
-* a record pass runs with the task's ``run_id_dir`` set to a scratch folder that links the
-  run's existing input files, so whatever PlanExe writes (outputs and per-item raw files)
-  lands in scratch; ``clone()`` carries the folder into ``requires()``, so inputs resolve;
-* the ``uuid4`` values a task draws are replayed pass to pass (PlanExe draws ids for
-  documents, experts, WBS tasks), so requests built from them match across passes;
+* a record pass runs on a copy of the task whose ``run_id_dir`` is a scratch folder that
+  links the run's existing input files, so whatever PlanExe writes there (outputs and
+  per-item raw files) lands in scratch; ``clone()`` carries the folder into
+  ``requires()``, so inputs resolve;
+* the ``uuid4`` values a task draws are the same in every pass (PlanExe draws ids for
+  documents, experts, WBS tasks), so requests built from them match;
 * answers are saved under our folder beside the run (``answers/<task>/``) for resume.
 
-A task whose code rejects a stand-in answer (the first record pass raises) runs exactly as
-PlanExe's, with one log line saying why. ``speculate = false`` (globally or per task in
-``task_overrides``) turns it off.
+A task whose code rejects a stand-in answer (the first record pass raises) simply has
+nothing sent early: the real pass asks every call in PlanExe's order, and one log line
+says why. ``speculate = false`` (globally or per task in ``task_overrides``) turns it off.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 import functools
 import json
 import logging
@@ -43,7 +48,7 @@ from planexe_concurrency.config import read_config, task_value
 from planexe_concurrency.events import one_line
 from planexe_concurrency.fanout import FanOutError, ItemFailedError
 from planexe_concurrency.resume import atomic_write_text
-from planexe_concurrency.speculation import AnswerStore, RecordFailed, Speculation
+from planexe_concurrency.speculation import AnswerStore, Speculation
 
 from .base import ANSWERS_DIR_NAME, SCRATCH_DIR_NAME, executor_for, settings_for, state_dir_of
 from .planexe import load_planexe
@@ -92,40 +97,39 @@ def executor_override(task: luigi.Task) -> Any:
 
 # -- ids drawn inside a task ------------------------------------------------------------------------
 class UuidReplay:
-    """``uuid4`` hands out, pass after pass, the values the first pass drew (more are drawn as needed).
+    """``uuid4`` hands every pass of a task the same values, in the order drawn (more are drawn as needed).
 
-    PlanExe imports it both ways (``uuid.uuid4()`` and ``from uuid import uuid4``), so the
-    module-level names in PlanExe's own package are swapped too, only while a pass runs.
+    PlanExe draws ids for documents, experts and WBS tasks inside a task, and puts them in
+    prompts; the real pass and the record passes must see the same ones for their requests
+    to match. PlanExe imports it both ways (``uuid.uuid4()`` and ``from uuid import uuid4``),
+    so the module-level names in PlanExe's own package are swapped too, while the task runs.
+    A pass's place in the sequence is per thread (the record passes run beside the real one);
+    code outside any pass gets fresh ids.
     """
 
     def __init__(self, package: str) -> None:
         self.package = package
         self.drawn: list[uuid.UUID] = []
-        self._next = 0
-        self._original = uuid.uuid4
-        self._bound: list[Any] | None = None
+        self._lock = threading.Lock()
+        self._original = _UUID4_ORIGINAL
+        self._cursor: contextvars.ContextVar[list[int] | None] = _UUID_CURSOR
 
     def _uuid4(self) -> uuid.UUID:
-        if self._next == len(self.drawn):
-            self.drawn.append(self._original())
-        value = self.drawn[self._next]
-        self._next += 1
-        return value
+        cursor = self._cursor.get()
+        if cursor is None:
+            return self._original()
+        with self._lock:
+            index = cursor[0]
+            cursor[0] += 1
+            while len(self.drawn) <= index:
+                self.drawn.append(self._original())
+            return self.drawn[index]
 
     def _modules(self) -> list[Any]:
-        """PlanExe's modules that bound ``uuid4`` by name (found once per task run)."""
-        if self._bound is None:
-            prefix = self.package + "."
-            self._bound = [
-                m for name, m in list(sys.modules.items())
-                if (name == self.package or name.startswith(prefix)) and m is not None
-                and getattr(m, "uuid4", None) is self._original
-            ]
-        return self._bound
+        return uuid_bound_modules(self.package)
 
     @contextlib.contextmanager
-    def pass_(self) -> Iterator[None]:
-        self._next = 0
+    def installed(self) -> Iterator[None]:
         modules = self._modules()
         uuid.uuid4 = self._uuid4  # type: ignore[assignment]
         for module in modules:
@@ -136,6 +140,50 @@ class UuidReplay:
             uuid.uuid4 = self._original  # type: ignore[assignment]
             for module in modules:
                 module.uuid4 = self._original  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def pass_(self) -> Iterator[None]:
+        token = self._cursor.set([0])
+        try:
+            yield
+        finally:
+            self._cursor.reset(token)
+
+    @contextlib.contextmanager
+    def aside(self) -> Iterator[None]:
+        """Draws here do not move the pass along (a call's fn run to probe or check it)."""
+        cursor = self._cursor.get()
+        token = self._cursor.set(list(cursor) if cursor is not None else None)
+        try:
+            yield
+        finally:
+            self._cursor.reset(token)
+
+
+_UUID_CURSOR: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("planexe_concurrency_uuid_cursor", default=None)
+_bound_cache: dict[str, tuple[int, list[Any]]] = {}
+
+
+def uuid_bound_modules(package: str) -> list[Any]:
+    """The modules of ``package`` that bound ``uuid.uuid4`` by name, found again only when modules were added.
+
+    Found in the parent before Luigi forks (``warm_up``), a forked task does not walk every
+    module (each one it touches is a page copied into the child).
+    """
+    cached = _bound_cache.get(package)
+    if cached is not None and cached[0] == len(sys.modules):
+        return cached[1]
+    original = _UUID4_ORIGINAL
+    prefix = package + "."
+    found = [
+        m for name, m in list(sys.modules.items())
+        if (name == package or name.startswith(prefix)) and m is not None and getattr(m, "uuid4", None) is original
+    ]
+    _bound_cache[package] = (len(sys.modules), found)
+    return found
+
+
+_UUID4_ORIGINAL = uuid.uuid4
 
 
 # -- the scratch folder a record pass writes to ----------------------------------------------------
@@ -156,6 +204,7 @@ class ScratchRunDir:
         self.task = task
         self.folder = folder
         self._made = False
+        self._copy: luigi.Task | None = None
 
     def _make(self) -> None:
         real_dir = Path(self.task.run_id_dir)
@@ -184,7 +233,26 @@ class ScratchRunDir:
                 os.unlink(entry.path)
 
     @contextlib.contextmanager
+    def copy_pass(self) -> Iterator[luigi.Task]:
+        """A copy of the task whose ``run_id_dir`` is this folder: a pass beside the task's real one.
+
+        The copy is equal to the task (same ``task_id``), so closures that capture ``self``
+        compare equal across the two; what the pass writes is removed afterwards.
+        """
+        if not self._made:
+            self._make()
+        if self._copy is None:
+            real = self.task.run_id_dir
+            self._copy = copy.copy(self.task)
+            self._copy.run_id_dir = type(real)(self.folder) if isinstance(real, (str, Path)) else self.folder
+        try:
+            yield self._copy
+        finally:
+            self._clear_written()
+
+    @contextlib.contextmanager
     def pass_(self) -> Iterator[None]:
+        """The task itself, its ``run_id_dir`` this folder for the pass (nothing else may run the task meanwhile)."""
         real = self.task.run_id_dir
         if not self._made:
             self._make()
@@ -261,11 +329,13 @@ def _live(task: luigi.Task) -> Callable[[Callable[[Any], Any], str], Any]:
 
 
 def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None]) -> None:
-    """PlanExe's ``run_inner`` for ``task``, recorded, sent and replayed (see the module docstring)."""
+    """PlanExe's ``run_inner`` for ``task``, with record passes ahead of it (see the module docstring)."""
     planexe = load_planexe()
     state = state_dir_of(task)
     name = task.task_family
-    session = Speculation(task=name, store=AnswerStore(state / ANSWERS_DIR_NAME / name))
+    session = Speculation(
+        task=name, store=AnswerStore(state / ANSWERS_DIR_NAME / name), max_in_flight=settings_for(task).max_parallel,
+    )
     uuids = UuidReplay(planexe.pipeline.__name__.split(".")[0])
     scratch = ScratchRunDir(task, state / SCRATCH_DIR_NAME / f"{name}-{os.getpid()}")
 
@@ -273,33 +343,28 @@ def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None])
         with uuids.pass_():
             run_inner(task)
 
-    def sandbox(_pass: int) -> contextlib.AbstractContextManager[None]:
-        return scratch.pass_()
+    def record(_pass: int) -> None:
+        with scratch.copy_pass() as copy_, uuids.pass_():
+            run_inner(copy_)
 
     task._planexe_concurrency_executor = speculative_executor_class()(task, session)  # type: ignore[attr-defined]
     try:
-        report = session.run(
-            body, send=_send(task), live=_live(task), sandbox=sandbox,
-            stop_exceptions=(planexe.PipelineStopRequested,),
-        )
-    except RecordFailed as exc:
-        del task._planexe_concurrency_executor  # type: ignore[attr-defined]
-        reason = exc.__cause__ or exc
-        _tell_unavailable(name, reason)
-        report = session.report
-        report.fell_back = f"{type(reason).__name__}: {one_line(reason)}"[:300]
-        _save_report(state, report)
-        run_inner(task)
-        return
+        with uuids.installed():
+            report = session.run(
+                body, record=record, send=_send(task), live=_live(task), aside=uuids.aside,
+                stop_exceptions=(planexe.PipelineStopRequested,),
+            )
     finally:
         task.__dict__.pop("_planexe_concurrency_executor", None)
         scratch.close()
-    _save_report(state, report)
-    if report.sent_early > 1 or report.wasted or report.asked_live or report.chained:
+        _save_report(state, session.report)
+    if report.fell_back:
+        _tell_unavailable(name, report.fell_back)
+    if report.sent_early or report.wasted:
         log = logger.warning if report.wasted else logger.info
         log(
-            "task=%s speculation: %d passes, %d rounds, %d calls sent early, %d used, %d wasted, %d asked live,"
-            " %d asked in order after a chain, %d from saved answers",
+            "task=%s speculation: %d record passes, %d rounds, %d calls sent early, %d used, %d wasted, %d asked in order"
+            " (%d after a chain), %d from saved answers",
             name, report.passes, report.rounds, report.sent_early, report.used, report.wasted, report.asked_live,
             report.chained, report.replayed_from_store,
         )
@@ -310,13 +375,13 @@ def _save_report(state: Path, report: Any) -> None:
     atomic_write_text(state / REPORTS_DIR_NAME / f"{report.task}.json", json.dumps(report.as_dict(), indent=1))
 
 
-def _tell_unavailable(name: str, error: BaseException) -> None:
+def _tell_unavailable(name: str, reason: str) -> None:
     with _told_lock:
         if name in _told_unavailable:
             return
         _told_unavailable.add(name)
-    logger.warning("task=%s runs as PlanExe does (one call at a time): its code rejected a stand-in answer: %s: %s",
-                   name, type(error).__name__, one_line(error))
+    logger.warning("task=%s runs as PlanExe does (one call at a time): its code rejected a stand-in answer: %s",
+                   name, one_line(reason))
 
 
 def speculative_run(original_run: Callable[[luigi.Task], None]) -> Callable[[luigi.Task], None]:

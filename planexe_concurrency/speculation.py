@@ -2,30 +2,35 @@
 
 The host's code (a PlanExe task, say) asks an LLM through ``executor.run(fn)`` calls, one
 after another, where ``fn(llm)`` sends one or more requests. Without reading that code,
-:class:`Speculation` runs it several times:
+:class:`Speculation` runs it twice over at the same time:
 
-1. **Record pass.** Every ``fn`` gets a :class:`PassLLM`: a request answered earlier gets
-   its real answer, any other request an instant *stand-in* (schema-valid; every string
-   carries a marker naming the call that asked). The host writes to a scratch folder.
-2. **Independence from the requests themselves.** A call whose unanswered requests hold no
-   marker of another call's stand-in cannot depend on any unanswered text: it is sent,
-   with the others of its kind, through the host's ``send`` (the engine: concurrency,
-   budget, retries, fallback). The real work is the host's own ``fn`` run with the real LLM
-   (wrapped in :class:`AnsweringLLM`, which saves every answer at once).
-3. **Rounds.** Record again with the answers known so far; repeat until no call is ready.
-   A chain becomes one call per round; a loop over an earlier answer fans out once it is in.
-4. **Replay.** The last pass runs the host's code for real. A call sent early whose
-   ``fn`` is the same as then (code and captured values) and whose requests the last record
-   pass found answered gets back what that early ``fn`` returned (or raised), so what the
-   host records about a call (duration, model) stays true. Anything else is asked on the
-   spot through ``live`` (answers already saved are not asked again).
+1. **The real pass** runs the host's code as it is, from the start, writing the host's
+   files. At each call it looks at the call's first request: a call already sent early
+   gets back what that early ``fn`` returned (or raised), if its ``fn`` is the same
+   (code and captured values) and every request it makes now has its answer saved; any
+   other call is asked on the spot through ``live``, in the host's order.
+2. **Record passes** run the same code on a thread beside it, where the host's files go
+   to scratch. Every ``fn`` gets a :class:`PassLLM`: a request answered earlier gets its
+   real answer, any other request an instant *stand-in* (schema-valid; every string
+   carries a marker naming the call that asked).
+3. **Early sends.** A recorded call whose unanswered requests hold no marker of another
+   call's stand-in cannot depend on any unanswered text: unless the real pass already
+   asked it, it is sent with the others of its pass through the host's ``send`` (the
+   engine: concurrency, budget, retries, fallback). The real work is the host's own
+   ``fn`` run with the real LLM (wrapped in :class:`AnsweringLLM`, which saves every
+   answer at once), so what the host records about a call (duration, model) stays true.
+4. **Rounds.** Once answers come in, the code is recorded again; a loop over an earlier
+   answer fans out once that answer is in. When passes in a row find nothing new (a
+   chain: the real pass is ahead), recording stops.
 
-Correctness never rests on the markers: the replay hands back an answer only to the same
-request (byte for byte, same occurrence), so a guess that turns out wrong costs a *wasted*
-call, never a different output. Wasted calls are counted in :class:`SpeculationReport`.
+A task with one call costs what the host's own code costs: the real pass asks it while
+the record pass runs beside it. Correctness never rests on the markers: the real pass
+takes an early answer only for the same request (byte for byte, same occurrence), so a
+guess that turns out wrong costs a *wasted* call, never a different output. Wasted calls
+are counted in :class:`SpeculationReport`.
 
 >>> spec = Speculation(task="Demo", store=AnswerStore(None))
->>> report = spec.run(body, send=send_many, live=ask_now, sandbox=scratch_folder)
+>>> report = spec.run(body, record=body_in_scratch, send=send_many, live=ask_now)
 """
 from __future__ import annotations
 
@@ -64,7 +69,6 @@ __all__ = [
     "AnswerStore",
     "AnsweringLLM",
     "PassLLM",
-    "RecordFailed",
     "Request",
     "Speculation",
     "SpeculationReport",
@@ -253,12 +257,14 @@ def recording() -> Iterator[None]:
 
 # -- what a call is ----------------------------------------------------------------------------
 def _snapshot(value: Any) -> Any:
-    """A copy of a container (its state now), or the value itself."""
+    """A container as it is now (its items shared, not copied), or the value itself.
+
+    Shallow on purpose: what grows between a call and its early run is the list itself (a
+    chat's messages); a deep copy of large captured structures cost tens of milliseconds per
+    call. A change deeper down only makes the early answer fail the real pass's check.
+    """
     if isinstance(value, (list, dict, set)):
-        try:
-            return copy.deepcopy(value)
-        except Exception:
-            return copy.copy(value)
+        return copy.copy(value)
     return value
 
 
@@ -328,33 +334,45 @@ def same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
 
 @dataclass
 class PassCall:
-    """One ``executor.run(fn)`` of one pass."""
+    """One ``executor.run(fn)`` of one record pass."""
 
     index: int
     fn: Callable[[Any], Any]
     counts_before: Counter[str]  # request digests asked by earlier calls of the pass
     unknown: list[Request] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)  # every request it made, in order
-    foreign_markers: bool = False
-    settled: bool = False  # ended with the failure its early run met
+    waits_on: set[int] = field(default_factory=set)  # the calls whose stand-in text its requests hold
     first_key: str | None = None  # its first request and occurrence: what the call is, across passes
 
     @property
-    def verified(self) -> bool:
-        """Every request it made this pass had a real answer (or it raised its early failure)."""
-        return self.settled or (bool(self.digests) and not self.unknown)
-
-    @property
     def ready(self) -> bool:
-        return bool(self.unknown) and not self.foreign_markers
+        return bool(self.unknown) and not self.waits_on
 
 
-@dataclass
-class EarlyOutcome:
-    fn: Callable[[Any], Any]
-    ok: bool
-    value: Any = None  # fn's result, or the exception it ended with
-    used: bool = False
+class _Pass:
+    """One run of the host's code: a record pass (stand-ins) or the real pass."""
+
+    def __init__(self, number: int, real: bool) -> None:
+        self.number = number
+        self.real = real
+        self.calls: list[PassCall] = []
+        self.counts: Counter[str] = Counter()  # requests asked so far, by digest: each one's occurrence
+
+
+_PASS: contextvars.ContextVar[_Pass | None] = contextvars.ContextVar("planexe_concurrency_pass", default=None)
+
+
+class _Slot:
+    """One call, by its first request and occurrence: sent early by the record side, or asked by the real pass."""
+
+    def __init__(self, fn: Callable[[Any], Any] | None, early: bool) -> None:
+        self.fn = fn
+        self.early = early
+        self.sent = False  # an early call that went out (not refused, not cut short by a stop)
+        self.ok = False
+        self.value: Any = None  # fn's result, or the exception it ended with
+        self.used = False
+        self.done = threading.Event()
 
 
 @dataclass
@@ -362,44 +380,53 @@ class SpeculationReport:
     """What one task's speculation did; ``wasted`` calls were sent early and never used."""
 
     task: str
-    calls: int = 0  # executor.run calls of the replay: PlanExe's own count
-    passes: int = 0
-    rounds: int = 0
+    calls: int = 0  # executor.run calls of the real pass: the host's own count
+    passes: int = 0  # record passes
+    rounds: int = 0  # batches of early calls
     sent_early: int = 0
-    overlapped: int = 0  # sent early in a round with at least one other call
+    overlapped: int = 0  # sent early in a batch with at least one other call
     used: int = 0
     wasted: int = 0
     replayed_from_store: int = 0
-    asked_live: int = 0
-    chained: int = 0  # asked in the host's order after a chain was found (see Speculation.CHAIN_ROUNDS)
-    single: int = 0  # a last lone call, asked in the replay (nothing left to overlap it with)
-    stopped_early: str = ""
+    asked_live: int = 0  # asked by the real pass itself, in the host's order
+    chained: int = 0  # of those, asked after the record side found a chain (see Speculation.CHAIN_ROUNDS)
+    stopped_early: str = ""  # why the record side stopped before running out of calls
     refused: int = 0  # early calls that would have sent a stand-in's text: not sent (a bug if not 0)
-    fell_back: str = ""  # why the host's code ran as it is (the first record pass failed)
+    fell_back: str = ""  # why nothing was recorded (the first record pass failed): every call asked in order
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
 class StandInInRequest(Exception):
-    """A call about to send a stand-in answer's text to the provider: refused, the call is asked in the replay."""
+    """A call about to send a stand-in answer's text to the provider: refused, the real pass asks it."""
 
 
-class RecordFailed(Exception):
-    """The host's code did not get through a record pass (it rejected a stand-in): run it as it is."""
+class _Cancelled(BaseException):
+    """The real pass is over: a record pass still running stops at its next call."""
 
 
-# -- the two LLMs the host's fn is handed --------------------------------------------------------
+class _Probed(BaseException):
+    """A call's first request, caught before it reaches any LLM (BaseException: hosts' ``except Exception`` let it by)."""
+
+    def __init__(self, request: Request) -> None:
+        super().__init__()
+        self.request = request
+
+
+# -- the LLMs the host's fn is handed --------------------------------------------------------------
 class PassLLM(CustomLLM):
     """A record pass's LLM: real answers where known, stand-ins (with markers) for the rest."""
 
     _spec: Any = PrivateAttr()
+    _pass: Any = PrivateAttr()
     _call: Any = PrivateAttr()
     _current: Any = PrivateAttr(default=None)
 
-    def __init__(self, spec: "Speculation", call: PassCall) -> None:
+    def __init__(self, spec: "Speculation", pass_: _Pass, call: PassCall) -> None:
         super().__init__()
         self._spec = spec
+        self._pass = pass_
         self._call = call
 
     @property
@@ -410,24 +437,22 @@ class PassLLM(CustomLLM):
         return self._current.class_name if self._current is not None else "StandInLLM"
 
     def _answer(self, request: Request) -> Any:
-        call = self._call
-        occurrence = call.counts_before[request.digest] + self._spec._pass_counts[request.digest]
-        self._spec._pass_counts[request.digest] += 1
+        call, counts = self._call, self._pass.counts
+        occurrence = counts[request.digest]
+        counts[request.digest] += 1
         call.digests.append(request.digest)
         if call.first_key is None:
             call.first_key = AnswerStore.key(request, occurrence)
-            early = self._spec.early.get(call.first_key)
-            if early is not None and not early.ok and same_function(early.fn, call.fn):
-                call.settled = True
-                raise early.value  # as it will be raised in the replay, so the host's handling decides
+            slot = self._spec.slot(call.first_key)
+            if slot is not None and slot.done.is_set() and slot.sent and not slot.ok and same_function(slot.fn, call.fn):
+                raise slot.value  # as the real pass will meet it, so the host's handling decides
         known = self._spec.store.get(request, occurrence)
         if known is not None:
             self._current = known
             return known.value_for(request)
         self._current = None
         call.unknown.append(request)
-        if any(int(m) != call.index for m in self._spec.markers_in(request.all_text())):
-            call.foreign_markers = True
+        call.waits_on.update(int(m) for m in self._spec.markers_in(request.all_text()) if int(m) != call.index)
         return self._spec.stand_in(request, call.index, len(call.unknown))
 
     def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: Any = None, **prompt_args: Any) -> Any:
@@ -443,27 +468,45 @@ class PassLLM(CustomLLM):
         raise NotImplementedError("planexe-concurrency: streaming is not recorded")
 
 
+class _ProbeLLM(CustomLLM):
+    """Raises a call's first request instead of answering it: what the call is, before choosing how to answer it."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="planexe-concurrency-probe")
+
+    def structured_predict(self, output_cls: Any, prompt: Any, llm_kwargs: Any = None, **prompt_args: Any) -> Any:
+        raise _Probed(Request.of("structured", output_cls, prompt.format_messages(**prompt_args)))
+
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        raise _Probed(Request.of("chat", None, messages))
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        raise _Probed(Request.of("complete", None, [ChatMessage(role=MessageRole.USER, content=prompt)]))
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        raise NotImplementedError("planexe-concurrency: streaming is not recorded")
+
+
 class AnsweringLLM(CustomLLM):
-    """The real LLM for one call, looking like it; answers saved at once, known ones not asked again."""
+    """The real LLM for one call, looking like it; answers saved at once, known ones not asked again.
+
+    ``counts`` (request digests asked before, updated as this call asks) gives each request
+    its occurrence, so an answer is saved and found under the same key in every pass.
+    """
 
     _real: Any = PrivateAttr()
     _spec: Any = PrivateAttr()
     _counts: Any = PrivateAttr()
     _current: Any = PrivateAttr(default=None)
-
-    _in_pass: bool = PrivateAttr(default=False)
-
     _call_key: Any = PrivateAttr(default=None)
 
-    def __init__(
-        self, real: Any, spec: "Speculation", counts_before: Counter[str], *, in_pass: bool = False, call_key: str | None = None
-    ) -> None:
+    def __init__(self, real: Any, spec: "Speculation", counts: Counter[str], *, call_key: str | None = None) -> None:
         super().__init__()
         self._real = real
         self._spec = spec
-        self._counts = Counter(counts_before)
-        self._in_pass = in_pass  # the replay's own calls: occurrences count in the pass
-        self._call_key = call_key  # an early call's identity (None in the replay)
+        self._counts = counts
+        self._call_key = call_key  # an early call's identity (None in the real pass)
 
     @model_serializer(mode="plain")
     def _as_the_real_llm(self, info: Any) -> Any:
@@ -480,15 +523,13 @@ class AnsweringLLM(CustomLLM):
     def _answer(self, request: Request, ask: Callable[[], Any]) -> Any:
         occurrence = self._counts[request.digest]
         self._counts[request.digest] += 1
-        if self._in_pass:
-            self._spec._pass_counts[request.digest] += 1
         known = self._spec.store.get(request, occurrence)
         if known is not None:
             self._current = known
             return known.value_for(request)
         self._current = None
         if self._call_key is not None and self._spec.markers_in(request.all_text()):
-            self._spec._refused.add(self._call_key)
+            self._spec.refuse(self._call_key)
             raise StandInInRequest(f"{self._spec.task}: a request of an early call holds a stand-in answer; not sent")
         value = ask()
         self._spec.store.put(request, occurrence, Answer(value, self._real.metadata, self._real.class_name()))
@@ -560,31 +601,39 @@ def _unmark_at(marked: Any, plain: Any, loc: Sequence[Any]) -> None:
         pass
 
 
+
 # -- the session --------------------------------------------------------------------------------
 class Speculation:
-    """One run of one task's code: record passes, early sends, and the replay. See the module docstring."""
+    """One run of one task's code: the real pass, and record passes running ahead of it. See the module docstring."""
 
     MAX_PASSES = 500
-    # Rounds in a row that could send only one call while others waited on it: a chain (each
-    # prompt holds the previous answer). Recording again after every link would rerun the
-    # host's code once per call for nothing; the rest is asked in the host's own order instead.
-    CHAIN_ROUNDS = 2
+    # Record passes in a row that found nothing new to send while calls still waited: the real
+    # pass is ahead (a chain: each prompt holds the previous answer). Recording again after
+    # every link would rerun the host's code once per call for nothing.
+    CHAIN_ROUNDS = 1
+    # How long the real pass waits for a record pass under way to reach a call it may send
+    # (a pass slower than a call); past that the real pass asks the call itself.
+    WAIT_FOR_PASS = 5.0
 
-    def __init__(self, *, task: str, store: AnswerStore) -> None:
+    def __init__(self, *, task: str, store: AnswerStore, max_in_flight: int | None = None) -> None:
         self.task = task
         self.store = store
         self.nonce = secrets.token_hex(4)
         self._marker_re = re.compile(rf"sx{self.nonce}c(\d+)x", re.IGNORECASE)
         self.report = SpeculationReport(task)
-        self.early: dict[str, EarlyOutcome] = {}  # by the call's first request and occurrence
-        self._mode = "record"
-        self._calls: list[PassCall] = []
-        self._pass_counts: Counter[str] = Counter()
-        self._last_record: dict[int, PassCall] = {}
-        self._live: Callable[[Callable[[Any], Any], str], Any] | None = None
-        self._chain_found = False
-        self._single = False
+        self._slots: dict[str, _Slot] = {}
+        self._changed = threading.Condition()  # guards _slots and _answered; notified when a call ends
+        self._answered = 0
+        self._cancel = threading.Event()
         self._refused: set[str] = set()
+        self._chain_found = False
+        # the task's calls in flight, early and real together (the engine bounds each batch only)
+        self._in_flight = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
+        self._live: Callable[[Callable[[Any], Any], str], Any] | None = None
+        self._aside: Callable[[], ContextManager[None]] = contextlib.nullcontext
+        self._recorder: threading.Thread | None = None
+        self._recording_now = False  # a record pass is under way (guarded by _changed)
+        self._recorded: set[int] = set()  # call positions some finished record pass reached
 
     # -- markers and stand-ins ------------------------------------------------------------
     def markers_in(self, text: str) -> list[str]:
@@ -614,142 +663,309 @@ class Speculation:
                     break
         return cls.model_validate(plain)  # type: ignore[attr-defined]
 
+    def slot(self, key: str) -> _Slot | None:
+        with self._changed:
+            return self._slots.get(key)
+
+    def refuse(self, key: str) -> None:
+        with self._changed:
+            self._refused.add(key)
+
+    def _finish(self, slot: _Slot, ok: bool, value: Any) -> None:
+        slot.ok, slot.value = ok, value
+        slot.done.set()
+        with self._changed:
+            self._answered += 1
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def _one_in_flight(self) -> Iterator[None]:
+        if self._in_flight is None:
+            yield
+            return
+        with self._in_flight:
+            yield
+
     # -- what the host's executor calls ---------------------------------------------------------
     def call(self, fn: Callable[[Any], Any]) -> Any:
         """Stands in for ``executor.run(fn)`` in every pass."""
-        index = len(self._calls)
-        counts_before = Counter(self._pass_counts)
-        call = PassCall(index, frozen(fn), counts_before)
-        self._calls.append(call)
-        if self._mode == "replay":
-            return self._replay(call)
-        return fn(PassLLM(self, call))
+        pass_ = _PASS.get()
+        if pass_ is None:
+            raise RuntimeError(f"{self.task}: executor.run outside a speculative run")
+        if pass_.real:
+            return self._real_call(pass_, fn)
+        if self._cancel.is_set():
+            raise _Cancelled()
+        call = PassCall(len(pass_.calls), frozen(fn), Counter(pass_.counts))
+        pass_.calls.append(call)
+        return fn(PassLLM(self, pass_, call))
 
-    def _replay(self, call: PassCall) -> Any:
-        recorded = self._last_record.get(call.index)
-        early = self.early.get(recorded.first_key) if recorded is not None and recorded.first_key else None
-        if early is not None and recorded is not None and recorded.verified and same_function(early.fn, call.fn):
-            self._pass_counts.update(recorded.digests)
-            early.used = True
-            self.report.used += 1
-            if not early.ok:
-                raise early.value
-            return early.value
-        assert self._live is not None
-        counts = call.counts_before
-        fn = call.fn
-        if recorded is not None and recorded.verified and same_function(recorded.fn, call.fn):
-            # answered before (a resumed run): nothing is asked, nothing goes through the engine
+    # -- the real pass ----------------------------------------------------------------------
+    def _real_call(self, pass_: _Pass, fn: Callable[[Any], Any]) -> Any:
+        index = len(pass_.calls)
+        start = Counter(pass_.counts)
+        pass_.calls.append(PassCall(index, fn, start))
+        label = f"call {index + 1}"
+        request = self._probe(fn)
+        if request is None:  # it asked nothing we could see before failing or returning: run it as it is
+            self._start_recording()
+            return self._ask_live(pass_, fn, start, label, None, None)
+        key = AnswerStore.key(request, start[request.digest])
+        with self._changed:
+            # A record pass under way that has not been this far yet may send this call with the
+            # others of its loop: let it (it only happens when the pass is slower than a call).
+            # The first call never waits: the first pass starts with it.
+            self._changed.wait_for(
+                lambda: index == 0 or key in self._slots or not self._recording_now or index in self._recorded,
+                timeout=self.WAIT_FOR_PASS,
+            )
+            slot = self._slots.get(key)
+            mine = slot is None
+            if mine:
+                slot = _Slot(None, early=False)
+                self._slots[key] = slot
+        assert slot is not None
+        self._start_recording()  # from the first call on (claimed above): while it is in flight, the pass costs no waiting
+        if mine:
+            if self.store.get(request, start[request.digest]) is not None:  # answered before (a resumed run)
+                counts = self._from_store(fn, start, quietly=False)
+                if counts is not None:
+                    self.report.replayed_from_store += 1
+                    result, pass_.counts = counts
+                    self._finish(slot, True, result)
+                    return result
+            return self._ask_live(pass_, fn, start, label, request, slot)
+        slot.done.wait()
+        if slot.sent and same_function(slot.fn, fn):  # type: ignore[arg-type]
+            if not slot.ok:
+                slot.used = True
+                self.report.used += 1
+                pass_.counts = start + Counter([request.digest])
+                raise slot.value
+            verified = self._from_store(fn, start, quietly=True)
+            if verified is not None:  # every request it makes now has an answer: the early run's
+                slot.used = True
+                self.report.used += 1
+                pass_.counts = verified[1]
+                return slot.value
+        return self._ask_live(pass_, fn, start, label, request, None)
+
+    def _probe(self, fn: Callable[[Any], Any]) -> Request | None:
+        """The call's first request, from a run of ``fn`` on copies of what it captured (it may change them)."""
+        with self._aside(), recording():
             try:
-                result = fn(AnsweringLLM(_SavedAnswersOnly(), self, counts, in_pass=True))
-            except _NotSaved:
-                pass  # the host asked something else after all: ask it live below
+                frozen(fn)(_ProbeLLM())
+            except _Probed as probed:
+                return probed.request
+            except Exception:
+                return None
+        return None
+
+    def _from_store(self, fn: Callable[[Any], Any], start: Counter[str], *, quietly: bool) -> tuple[Any, Counter[str]] | None:
+        """``fn`` answered from saved answers only: (its result, the counts after it), or None on a miss."""
+        counts = Counter(start)
+        try:
+            if quietly:  # only a check: on copies of what fn captured, so the real pass's state stays as it is
+                with self._aside(), recording():
+                    result = frozen(fn)(AnsweringLLM(_SavedAnswersOnly(), self, counts))
             else:
-                self.report.replayed_from_store += 1
-                return result
-        if early is None and self._chain_found:
+                result = fn(AnsweringLLM(_SavedAnswersOnly(), self, counts))
+        except _NotSaved:
+            return None
+        except Exception:
+            if quietly:
+                return None
+            raise
+        return result, counts
+
+    def _ask_live(
+        self, pass_: _Pass, fn: Callable[[Any], Any], start: Counter[str], label: str, request: Request | None, slot: _Slot | None
+    ) -> Any:
+        after: dict[str, Counter[str]] = {}
+
+        def attempt(llm: Any) -> Any:
+            counts = Counter(start)  # each attempt asks from the same place
+            with self._one_in_flight():
+                result = fn(AnsweringLLM(llm, self, counts))
+            after["counts"] = counts
+            return result
+
+        if self._chain_found:
             self.report.chained += 1
-        elif early is None and self._single:
-            self.report.single += 1
-        else:
-            self.report.asked_live += 1
-        return self._live(lambda llm: fn(AnsweringLLM(llm, self, counts, in_pass=True)), f"call {call.index + 1}")
+        self.report.asked_live += 1
+        assert self._live is not None
+        try:
+            result = self._live(attempt, label)
+        except BaseException as exc:
+            pass_.counts = start + (Counter([request.digest]) if request is not None else Counter())
+            if slot is not None:
+                self._finish(slot, False, exc)
+            raise
+        pass_.counts = after.get("counts", start)
+        if slot is not None:
+            self._finish(slot, True, result)
+        return result
+
+    # -- the record side --------------------------------------------------------------------
+    def _record_side(self, record: Callable[[int], None], send: Any, stop: tuple[type[BaseException], ...]) -> None:
+        try:
+            self._record_ahead(record, send, stop)
+        except BaseException as exc:  # never the host's failure: the real pass asks what is left itself
+            self.report.stopped_early = f"{type(exc).__name__}: {exc}"[:300]
+            if not isinstance(exc, stop):
+                logger.warning("task=%s speculation stopped: %s; the rest is asked in order", self.task, self.report.stopped_early)
+        finally:
+            with self._changed:
+                self._recording_now = False
+                unsent = [slot for slot in self._slots.values() if slot.early and not slot.done.is_set()]
+                self._changed.notify_all()
+            for slot in unsent:  # claimed, never sent: the real pass asks them
+                self._finish(slot, False, None)
+
+    def _record_ahead(self, record: Callable[[int], None], send: Any, stop: tuple[type[BaseException], ...]) -> None:
+        quiet = 0
+        while not self._cancel.is_set() and self.report.passes < self.MAX_PASSES:
+            with self._changed:
+                answered_before = self._answered
+                self._recording_now = True
+            pass_ = _Pass(self.report.passes + 1, real=False)
+            failed = self._record_pass(record, pass_)
+            with self._changed:  # the calls it can send are claimed before the real pass may ask them
+                ready = []
+                if failed is None and not self._cancel.is_set():
+                    ready = [c for c in pass_.calls if c.ready and c.first_key not in self._slots]
+                    for c in ready:
+                        assert c.first_key is not None
+                        self._slots[c.first_key] = _Slot(c.fn, early=True)
+                    self._recorded.update(range(len(pass_.calls)))
+                self._recording_now = False
+                self._changed.notify_all()
+            if self._cancel.is_set():
+                return
+            if failed is not None:
+                reason = f"{type(failed).__name__}: {failed}"[:300]
+                if pass_.number == 1:
+                    self.report.fell_back = reason
+                else:
+                    self.report.stopped_early = f"record pass {pass_.number} failed: {reason}"
+                    logger.info("task=%s speculation stops after pass %d (%s)", self.task, pass_.number, self.report.stopped_early)
+                return
+            if ready:
+                quiet = 0
+                self._send_early(ready, send)
+                continue
+            waiting = [c for c in pass_.calls if c.unknown and c.waits_on]
+            if not waiting:
+                return  # nothing waits on an answer: every call is known, sent or the real pass's
+            positions = {c.index for c in waiting}
+            if sum(1 for c in waiting if not c.waits_on & positions) < 2:
+                # At most one call can go once the answers on their way are in, and the rest wait
+                # on it: a chain, which the real pass asks link by link anyway.
+                self._chain_found = True
+                self.report.stopped_early = "a chain: each call waits for the one before; the rest is asked in order"
+                return
+            quiet += 1
+            if quiet > self.CHAIN_ROUNDS:
+                self._chain_found = True
+                self.report.stopped_early = "a chain: each call waits for the one before; the rest is asked in order"
+                return
+            with self._changed:  # record again once another answer is in
+                self._changed.wait_for(lambda: self._cancel.is_set() or self._answered > answered_before)
+
+    def _record_pass(self, record: Callable[[int], None], pass_: _Pass) -> Exception | None:
+        self.report.passes += 1
+        token = _PASS.set(pass_)
+        try:
+            with recording():
+                record(pass_.number)
+        except _Cancelled:
+            return None
+        except Exception as exc:
+            return exc
+        finally:
+            _PASS.reset(token)
+        return None
+
+    def _send_early(self, ready: list[PassCall], send: Any) -> None:
+        self.report.rounds += 1
+        self.report.sent_early += len(ready)
+        if len(ready) > 1:
+            self.report.overlapped += len(ready)
+        slots = [self._slots[c.first_key] for c in ready if c.first_key]
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        try:
+            outcomes = send([self._early_fn(c) for c in ready], [f"call {c.index + 1}" for c in ready])
+        except BaseException as exc:  # a stop: each of these calls meets it where the real pass asks it
+            for slot in slots:
+                if not slot.done.is_set():
+                    slot.sent = True
+                    self._finish(slot, False, exc)
+            raise
+        for position, slot in enumerate(slots):
+            key = ready[position].first_key
+            outcome = outcomes.get(position)
+            slot.sent = outcome is not None and key not in self._refused
+            ok, value = outcome if outcome is not None else (False, None)
+            self._finish(slot, ok, value)
+
+    def _early_fn(self, call: PassCall) -> Callable[[Any], Any]:
+        fn, counts, key = call.fn, call.counts_before, call.first_key
+
+        def early(llm: Any) -> Any:
+            with self._one_in_flight():
+                return fn(AnsweringLLM(llm, self, Counter(counts), call_key=key))
+
+        return early
 
     # -- the whole run ------------------------------------------------------------------------
     def run(
         self,
         body: Callable[[], None],
         *,
+        record: Callable[[int], None],
         send: Callable[[Sequence[Callable[[Any], Any]], Sequence[str]], dict[int, tuple[bool, Any]]],
         live: Callable[[Callable[[Any], Any], str], Any],
-        sandbox: Callable[[int], ContextManager[None]],
+        aside: Callable[[], ContextManager[None]] = contextlib.nullcontext,
         stop_exceptions: tuple[type[BaseException], ...] = (),
     ) -> SpeculationReport:
-        """Record, send and replay ``body`` (see the module docstring); returns what happened.
+        """The host's code for real (``body``), with record passes (``record``) running ahead of it.
 
-        ``send(fns, labels)`` runs each ``fn(llm)`` for real, concurrently, and returns
-        ``{position: (ok, result or exception)}`` for those that ended (a fail-fast stop may
-        leave some out). ``live(fn, label)`` runs one now and raises what the host's executor would. ``sandbox(pass_number)`` is where a record
-        pass runs (the host's files go to scratch). Raises :class:`RecordFailed` if the first
-        record pass fails; a stop exception from ``send`` passes through.
+        ``record(pass_number)`` runs one record pass of the same code where its files go to
+        scratch. ``send(fns, labels)`` runs each ``fn(llm)`` for real, concurrently, and
+        returns ``{position: (ok, result or exception)}`` for those that ended (a fail-fast
+        stop may leave some out). ``live(fn, label)`` runs one now and raises what the host's
+        executor would. ``aside()`` is where a call's fn runs outside its pass (to find its
+        first request, or to check it against saved answers): whatever the host's passes draw
+        (ids, say) must not move there. Raises what ``body`` raises.
         """
         self._live = live
-        sent: set[str] = set()  # calls (by first request and occurrence) are sent once each
-        single_rounds = 0
-        while self.report.passes < self.MAX_PASSES:
-            failed = self._record_pass(body, sandbox, stop_exceptions)
-            if failed is not None:
-                if self.report.passes == 1:
-                    raise RecordFailed(failed) from failed
-                self.report.stopped_early = f"record pass {self.report.passes} failed: {type(failed).__name__}: {failed}"
-                logger.info("task=%s speculation stops after pass %d (%s); the rest is asked live", self.task, self.report.passes, self.report.stopped_early)
-                break
-            ready = [c for c in self._calls if c.ready and c.first_key not in sent]
-            if not ready:
-                break
-            waiting = any(c.unknown and c.foreign_markers for c in self._calls)
-            if len(ready) == 1 and not waiting:
-                # One call left and nothing waiting on it: sending it early would overlap nothing
-                # and cost one more pass of the host's code. The replay asks it, as the host would.
-                self.report.stopped_early = "one call left, nothing to overlap: asked in the replay"
-                self._single = True
-                break
-            single_rounds = single_rounds + 1 if len(ready) == 1 and waiting else 0
-            if single_rounds > self.CHAIN_ROUNDS:
-                self._chain_found = True
-                self.report.stopped_early = "a chain: each call waits for the one before; the rest is asked in order"
-                break
-            self.report.rounds += 1
-            if len(ready) > 1:
-                self.report.overlapped += len(ready)
-            sent.update(c.first_key for c in ready if c.first_key)
-            self.report.sent_early += len(ready)
-            outcomes = send(
-                [self._early_fn(c) for c in ready],
-                [f"call {c.index + 1}" for c in ready],
-            )
-            for position, (ok, value) in outcomes.items():
-                call = ready[position]
-                assert call.first_key is not None
-                if call.first_key in self._refused:
-                    continue  # never sent: the replay asks it
-                self.early[call.first_key] = EarlyOutcome(call.fn, ok, value)
-        self._mode = "replay"
-        self._calls = []
-        self._pass_counts = Counter()
-        body()
-        self.report.calls = len(self._calls)
-        self.report.refused = len(self._refused)
-        self.report.wasted = self.report.sent_early - self.report.used - self.report.refused
+        self._aside = aside
+        self._recorder = threading.Thread(
+            target=self._record_side, args=(record, send, stop_exceptions), name=f"speculation-{self.task}", daemon=True
+        )
+        real = _Pass(0, real=True)
+        token = _PASS.set(real)
+        try:
+            body()
+        finally:
+            _PASS.reset(token)
+            self._cancel.set()
+            with self._changed:
+                self._changed.notify_all()
+            if self._recorder.ident is not None:
+                self._recorder.join()
+            self.report.calls = len(real.calls)
+            self._close_report()
         return self.report
 
-    def _early_fn(self, call: PassCall) -> Callable[[Any], Any]:
-        fn, counts, key = call.fn, call.counts_before, call.first_key
+    def _start_recording(self) -> None:
+        if self._recorder is not None and self._recorder.ident is None:
+            with self._changed:
+                self._recording_now = True
+            self._recorder.start()
 
-        def early(llm: Any) -> Any:
-            return fn(AnsweringLLM(llm, self, counts, call_key=key))
-
-        return early
-
-    def _record_pass(
-        self, body: Callable[[], None], sandbox: Callable[[int], ContextManager[None]], stop: tuple[type[BaseException], ...]
-    ) -> Exception | None:
-        self._mode = "record"
-        self._calls = []
-        self._pass_counts = Counter()
-        self.report.passes += 1
-        try:
-            with sandbox(self.report.passes), recording():
-                body()
-        except stop:
-            raise
-        except Exception as exc:
-            return exc
-        finally:
-            self._last_record = {c.index: c for c in self._calls}
-        return None
-
-
-@contextlib.contextmanager
-def no_sandbox(_pass: int) -> Iterator[None]:
-    yield
+    def _close_report(self) -> None:
+        with self._changed:
+            slots = list(self._slots.values())
+            self.report.refused = len(self._refused)
+        self.report.wasted = sum(1 for s in slots if s.early and s.sent and not s.used)

@@ -28,6 +28,16 @@ FIXED_START_TIME = """{
 PLAN_PROMPT = "Plan:\nOpen a community tool library in a small town within six months.\n\nProject start ASAP"
 
 
+@pytest.fixture(autouse=True)
+def fresh_llm_instances() -> Iterator[None]:
+    """No LLM instance outlives its test: a test that sets a model's latency (an env var the double
+    reads when an instance is built) must not get one an earlier test built."""
+    yield
+    from pipeline_patches.pipeline import REUSED_LLMS
+
+    REUSED_LLMS.clear()
+
+
 @pytest.fixture
 def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
     """Luigi's global config parser, restored after the test so settings never leak between tests."""

@@ -47,10 +47,13 @@ def test_concurrent_outputs_are_byte_identical(
     # every call went through the engine once, and no call was sent in vain
     reports = speculation_reports(run_dir)
     assert sum(r["wasted"] for r in reports.values()) == 0, {k: r for k, r in reports.items() if r["wasted"]}
-    assert sum(r["asked_live"] for r in reports.values()) == 0, {k: r for k, r in reports.items() if r["asked_live"]}
+    # each call once: handed back from its early run, or asked by the real pass itself
+    assert all(r["used"] + r["asked_live"] == r["calls"] for r in reports.values()), reports
     answers = list((state_dir_for(run_dir) / "answers").rglob("*.json"))
     assert len(answers) >= sum(r["calls"] for r in reports.values()) >= 60  # every call saved (ExpertFinder asks twice)
-    assert sum(r["overlapped"] for r in reports.values()) >= (18 if fast else 25)  # the loops went out together
+    # the loops went out together (each loop's first call is the real pass's own, beside them; for
+    # ExpertReview's criticisms the real pass and the record pass race for the first)
+    assert sum(r["overlapped"] for r in reports.values()) >= (13 if fast else 23)
 
 
 def test_concurrent_under_four_luigi_workers_is_byte_identical(
@@ -97,7 +100,10 @@ def test_each_call_keeps_its_own_duration_at_one_point_two_seconds_per_call(
     durations = [json.loads(p.read_text())["metadata"]["duration"] for p in sorted(runs["concurrent"].glob("023-1-*"))]
     assert durations and set(durations) == {2}
     reports = speculation_reports(runs["concurrent"])
-    assert reports["CreateWBSLevel3Task"]["used"] == len(durations) and reports["ExpertReviewTask"]["rounds"] >= 2
+    wbs3, experts = reports["CreateWBSLevel3Task"], reports["ExpertReviewTask"]
+    # all but the first leaf were handed back from their early runs (the first is the real pass's own)
+    assert wbs3["used"] == len(durations) - 1 and wbs3["asked_live"] == 1
+    assert experts["rounds"] >= 1 and experts["used"] >= 1  # the criticisms, once the finder's answer was in
 
 
 RAW_FILES = {

@@ -26,7 +26,7 @@ ENTRY_POINT_EXTRAS = {"log.txt", "track_activity.jsonl", "expected_filenames1.js
 # FAST mode on the double: 18 loop items that keep resume records, plus PremiseAttack's 5 lenses.
 # Calls of a FAST plan on the double that went through the engine (every task's calls are sent
 # by the speculative fan-out; the tails of the two long chains are asked in order and are not counted).
-FAST_FANNED_OUT_ITEMS = 68
+FAST_FANNED_OUT_ITEMS = 72  # every call of the FAST plan goes through the engine
 
 
 def _events_file(run_dir: Path) -> Path:
@@ -34,10 +34,14 @@ def _events_file(run_dir: Path) -> Path:
 
 
 def _fanned_out_items(run_dir: Path) -> int:
-    """How many loop items the concurrent tasks completed (0 when PlanExe's own tasks ran)."""
+    """How many calls the concurrent tasks completed through the engine (0 when PlanExe's own tasks ran).
+
+    A call is its task and its label (``call N``, its place in the task), whichever way it went:
+    sent early in a batch or asked by the real pass.
+    """
     path = _events_file(run_dir)
     events = read_events(path) if path.exists() else []
-    return len({(e.task, e.item) for e in events if e.state is ItemState.COMPLETED})
+    return len({(e.task, e.label) for e in events if e.state is ItemState.COMPLETED})
 
 
 def _plan(run_dir: Path) -> dict[str, bytes]:

@@ -1,4 +1,4 @@
-"""LLM instances reused per thread: same instance in one thread, never shared across threads or forks."""
+"""LLM instances reused: same instance in one thread, one thread at a time, never across forks."""
 from __future__ import annotations
 
 import itertools
@@ -46,6 +46,7 @@ def test_threads_never_share_an_instance() -> None:
         first = get("a")
         assert get("a") is first
         seen.append(first)
+        barrier.wait()  # all four hold theirs at once
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -63,10 +64,31 @@ def test_a_primed_instance_goes_to_one_thread_only() -> None:
     assert len(factory.calls) == 1
     primed = ("a", 1)
     other: list[Any] = []
-    t = threading.Thread(target=lambda: other.append(get("a")))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        other.append(get("a"))
+        holding.set()
+        release.wait()
+
+    t = threading.Thread(target=hold)
     t.start()
+    holding.wait()
+    assert other == [primed] and get("a") != primed  # held by the other thread: this one gets its own
+    release.set()
     t.join()
-    assert other == [primed] and get("a") != primed
+
+
+def test_an_instance_is_handed_to_the_next_thread_once_the_one_that_had_it_ended() -> None:
+    """The engine's threads end with each batch; the next batch's threads reuse what they built."""
+    factory = Factory()
+    get = ReusedInstances(factory)
+    seen: list[Any] = []
+    for _ in range(3):
+        t = threading.Thread(target=lambda: seen.append(get("a")))
+        t.start()
+        t.join()
+    assert seen == [("a", 1)] * 3 and len(factory.calls) == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -146,3 +168,14 @@ def test_the_warm_up_builds_the_openai_models_the_client_defers() -> None:
     assert type(chat.ChatCompletion.__pydantic_serializer__).__name__ == "SchemaSerializer"
     assert type(chat.ChatCompletionMessage.__pydantic_serializer__).__name__ == "SchemaSerializer"
     assert build_deferred_models() == 0  # nothing left to build
+
+
+def test_clear_forgets_primed_and_idle_instances() -> None:
+    factory = Factory()
+    get = ReusedInstances(factory)
+    get.prime(["a"])
+    t = threading.Thread(target=get, args=("b",))
+    t.start()
+    t.join()
+    get.clear()
+    assert get("a") == ("a", 3) and len(factory.calls) == 3

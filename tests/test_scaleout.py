@@ -181,7 +181,7 @@ def test_kill_9_in_the_middle_of_wbs_level3_then_rerun(
     leaves = len(list(http_reference.glob("023-1-*")))
     assert len([e for e in wbs3 if e.state is ItemState.RUNNING]) == leaves - 1
     report = speculation_reports(run_dir)["CreateWBSLevel3Task"]
-    assert report["replayed_from_store"] == 1 and report["used"] + report["single"] == leaves - 1
+    assert report["replayed_from_store"] == 1 and report["used"] + report["asked_live"] == leaves - 1
     # Only what was in flight at the kill (the second item, and at most one call of the
     # other worker) was asked again; every call of the plan was asked at least once.
     asked_after = [r.key for r in server.log[n_before:]]

@@ -96,7 +96,8 @@ def test_a_rewritten_task_body_fans_out_and_writes_what_its_own_sequential_run_w
     report = speculation_reports(concurrent)["CreateWBSLevel3Task"]
     leaves = len(list(sequential.glob("023-1-*")))
     assert leaves > 3
-    assert (report["rounds"], report["sent_early"], report["used"], report["wasted"], report["asked_live"]) == (1, leaves, leaves, 0, 0)
+    # the first leaf is the real pass's own; the record pass beside it sends the others at once
+    assert (report["rounds"], report["sent_early"], report["used"], report["wasted"], report["asked_live"]) == (1, leaves - 1, leaves - 1, 0, 1)
 
 
 def test_ids_a_task_draws_are_the_same_in_every_pass(
@@ -106,8 +107,8 @@ def test_ids_a_task_draws_are_the_same_in_every_pass(
     run_dir = new_run_dir("concurrent")
     assert _build(run_dir, "CreateWBSLevel3Task", concurrent=True)
     report = speculation_reports(run_dir)["CreateWBSLevel3Task"]
-    assert report["rounds"] == 1 and report["wasted"] == 0 and report["asked_live"] == 0
-    assert report["used"] == report["sent_early"] > 3
+    assert report["rounds"] == 1 and report["wasted"] == 0 and report["asked_live"] == 1
+    assert report["used"] == report["sent_early"] >= 3
 
 
 def test_with_speculation_off_for_a_task_it_runs_one_call_at_a_time(
@@ -142,9 +143,7 @@ def test_a_task_whose_code_rejects_a_stand_in_runs_as_planexe_does(
     original = P.CreateWBSLevel3Task.run_inner
 
     def picky(self: Any) -> None:
-        executor = self.create_llm_executor()
-        if type(executor).__name__ == "SpeculativeExecutor" and not getattr(self, "_seen", False):
-            object.__setattr__(self, "_seen", True)
+        if "scratch" in Path(self.run_id_dir).parts:  # a record pass: as if a stand-in answer were refused
             raise ValueError("this answer does not look like one of ours")
         original(self)
 
@@ -295,12 +294,11 @@ def test_tasks_the_plugin_has_never_seen_fan_out_and_write_their_own_sequential_
     reports = speculation_reports(concurrent)
 
     loop = reports["NewIndependentLoopTask"]
-    assert (loop["rounds"], loop["sent_early"], loop["used"], loop["wasted"]) == (1, 6, 6, 0)
+    assert (loop["rounds"], loop["sent_early"], loop["used"], loop["wasted"], loop["asked_live"]) == (1, 5, 5, 0, 1)
     assert peak_in_flight(server.log) >= 4  # from the server's side (only the new loop can put 4 in flight)
 
     chain = reports["NewTextChainTask"]
-    assert chain["wasted"] == 0 and chain["asked_live"] == 0
-    assert chain["used"] + chain["chained"] == 5
+    assert chain["wasted"] == 0 and chain["used"] + chain["asked_live"] == 5
 
     flow = reports["NewControlFlowTask"]
     items = len(json.loads((sequential / "900-NewControlFlowTask.json").read_text()))
