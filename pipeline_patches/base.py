@@ -193,6 +193,7 @@ START_MARKS_DIR_NAME = "started"
 ANSWERS_DIR_NAME = "answers"
 ITEMS_DIR_NAME = "items"  # item records of versions before 0.8 (tidied up as well)
 SCRATCH_DIR_NAME = "scratch"
+SHAPES_DIR_NAME = "shapes"  # what each shared run_inner did in this run (speculative.CallShapes)
 
 
 def tidy_finished_run(task: luigi.Task) -> None:
@@ -203,7 +204,7 @@ def tidy_finished_run(task: luigi.Task) -> None:
     """
     if not hasattr(task, "run_id_dir") or not task.complete():
         return
-    for name in (ANSWERS_DIR_NAME, ITEMS_DIR_NAME, SCRATCH_DIR_NAME, START_MARKS_DIR_NAME):
+    for name in (ANSWERS_DIR_NAME, ITEMS_DIR_NAME, SCRATCH_DIR_NAME, SHAPES_DIR_NAME, START_MARKS_DIR_NAME):
         shutil.rmtree(state_dir_of(task) / name, ignore_errors=True)
 
 

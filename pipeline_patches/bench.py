@@ -215,7 +215,7 @@ def format_table(
 
 
 def speculation_table(run_dir: Path) -> str:
-    """Per task, what the speculative record and replay did in one run (from ``speculation/<task>.json``)."""
+    """Per task, what the speculative fan-out did in one run (from ``speculation/<task>.json``)."""
     folder = state_dir_for(run_dir) / "speculation"
     reports = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
     rows = [
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}).\n\n{table}\n"
     first_exact = next((r for r in results if not r.sequential and r.fidelity == "exact"), None)
     if first_exact is not None:
-        report += f"\nPer task, in {first_exact.label} (speculative record and replay):\n\n{speculation_table(Path(first_exact.run_dir))}\n"
+        report += f"\nPer task, in {first_exact.label} (speculative fan-out: record passes beside the real pass):\n\n{speculation_table(Path(first_exact.run_dir))}\n"
     print("\n" + report)
     (args.out / "results.md").write_text(report, encoding="utf-8")
     (args.out / "results.json").write_text(

@@ -135,6 +135,30 @@ def import_lazy_modules() -> None:
     build_deferred_models()
 
 
+def nested_responses_serialise() -> bool:
+    """Whether a chat completion, nested in an event as llama-index nests it, serialises on this pydantic/openai.
+
+    The openai client makes responses without validation (``construct``), so their deferred
+    models are first built when something serialises them. Newer pydantic builds them there;
+    older versions fail there every time. Tried on a sample, the way PlanExe's event log would.
+    """
+    try:
+        from openai.types.chat import ChatCompletion
+        from pydantic import BaseModel
+    except ImportError:
+        return False
+
+    class Nested(BaseModel):
+        raw: Any = None
+
+    sample = ChatCompletion.model_construct(id="probe", choices=[], created=0, model="probe", object="chat.completion")
+    try:
+        Nested(raw=sample).model_dump()
+    except Exception:
+        return False
+    return True
+
+
 # The models of a chat completion (the response, its messages, tool calls and usage).
 DEFERRED_MODEL_MODULES = ("openai.types.chat", "openai.types.completion_usage", "openai.types.shared")
 
@@ -147,7 +171,14 @@ def build_deferred_models(prefixes: Sequence[str] = DEFERRED_MODEL_MODULES) -> i
     'SchemaSerializer'``), and PlanExe's activity log silently loses that event (seen on real
     PlanExe with three calls of a task sent together). Built here, in the parent, every forked
     task inherits them whole. Returns how many were built.
+
+    Only where PlanExe's own run would have them built: with older pins (pydantic 2.10, openai
+    1.59, PlanExe of 2025-11) a response nested in an event never builds, PlanExe's activity log
+    loses every such event, and building them here would make that file differ from PlanExe's
+    (76 more lines in a FAST plan, seen on c322189 and b566db6). So nothing is built there.
     """
+    if not nested_responses_serialise():
+        return 0
     built = 0
     for name, module in list(sys.modules.items()):
         if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):

@@ -60,7 +60,7 @@ def enable(module: ModuleType | None = None) -> None:
     """Patch PlanExe's ``PlanTask`` (and, opt-in, the governance phases' graph) in ``module`` (default: PlanExe's pipeline).
 
     Every task keeps PlanExe's class and code. ``PlanTask.run`` runs ``run_inner`` through
-    the speculative record and replay (``speculative.py``), so the independent LLM calls of
+    the speculative fan-out (``speculative.py``), so the independent LLM calls of
     any task go out at once; ``create_llm_executor()`` returns PlanExe's executor with
     retries of transient errors, the run's shared request budget and the stop flag; and a
     task that started in an earlier run and never finished is not complete, whatever files

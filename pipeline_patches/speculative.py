@@ -30,8 +30,10 @@ import contextlib
 import contextvars
 import copy
 import functools
+import hashlib
 import json
 import logging
+import marshal
 import os
 import shutil
 import sys
@@ -50,7 +52,7 @@ from planexe_concurrency.fanout import FanOutError, ItemFailedError
 from planexe_concurrency.resume import atomic_write_text
 from planexe_concurrency.speculation import AnswerStore, Speculation
 
-from .base import ANSWERS_DIR_NAME, SCRATCH_DIR_NAME, executor_for, settings_for, state_dir_of
+from .base import ANSWERS_DIR_NAME, SCRATCH_DIR_NAME, SHAPES_DIR_NAME, executor_for, settings_for, state_dir_of
 from .planexe import load_planexe
 
 logger = logging.getLogger("planexe_concurrency")
@@ -278,6 +280,44 @@ def scratch_run_dir(task: luigi.Task, folder: Path) -> Iterator[None]:
         scratch.close()
 
 
+# -- what a shared run_inner has done in this run ------------------------------------------------------
+class CallShapes:
+    """Which ``run_inner`` functions made one LLM call per task, as seen so far in this run.
+
+    Most PlanExe tasks share one ``run_inner`` (the base class's, which asks one call around
+    the task's ``run_with_llm``): nothing to overlap, and a record pass beside each would only
+    take CPU from the tasks running next to it. Once :data:`EVIDENCE` tasks with the same
+    function (same code) made at most one call each, and none made more, later tasks with it
+    skip recording. One marker file per task (``shapes/`` in our folder), so every forked
+    worker and every host on shared storage sees them; correctness never depends on them
+    (a task that skips recording asks its calls in PlanExe's order).
+    """
+
+    EVIDENCE = 2
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @staticmethod
+    def key(run_inner: Callable[..., Any]) -> str:
+        code = getattr(run_inner, "__code__", None)
+        blob = marshal.dumps(code) if code is not None else repr(run_inner).encode()
+        return f"{getattr(run_inner, '__qualname__', 'run_inner')}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+    def one_call_only(self, key: str) -> bool:
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return False
+        if f"{key}.many" in names:
+            return False
+        return sum(1 for n in names if n.startswith(f"{key}.one.")) >= self.EVIDENCE
+
+    def note(self, key: str, task: str, calls: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / (f"{key}.many" if calls > 1 else f"{key}.one.{task}")).touch()
+
+
 # -- the run -----------------------------------------------------------------------------------------
 def _send(task: luigi.Task) -> Callable[[Sequence[Callable[[Any], Any]], Sequence[str]], dict[int, tuple[bool, Any]]]:
     def send(fns: Sequence[Callable[[Any], Any]], labels: Sequence[str]) -> dict[int, tuple[bool, Any]]:
@@ -333,9 +373,14 @@ def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None])
     planexe = load_planexe()
     state = state_dir_of(task)
     name = task.task_family
+    shapes, shape = CallShapes(state / SHAPES_DIR_NAME), CallShapes.key(run_inner)
+    record_ahead = not shapes.one_call_only(shape)
     session = Speculation(
         task=name, store=AnswerStore(state / ANSWERS_DIR_NAME / name), max_in_flight=settings_for(task).max_parallel,
+        record_ahead=record_ahead,
     )
+    if not record_ahead:
+        session.report.stopped_early = f"not recorded: {CallShapes.EVIDENCE}+ tasks with this run_inner made one call each"
     uuids = UuidReplay(planexe.pipeline.__name__.split(".")[0])
     scratch = ScratchRunDir(task, state / SCRATCH_DIR_NAME / f"{name}-{os.getpid()}")
 
@@ -358,6 +403,7 @@ def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None])
         task.__dict__.pop("_planexe_concurrency_executor", None)
         scratch.close()
         _save_report(state, session.report)
+    shapes.note(shape, name, report.calls)
     if report.fell_back:
         _tell_unavailable(name, report.fell_back)
     if report.sent_early or report.wasted:

@@ -1,4 +1,4 @@
-"""Speculative record and replay: someone else's sequential LLM code, its independent calls sent at once.
+"""Speculative fan-out: someone else's sequential LLM code, its independent calls sent at once.
 
 The host's code (a PlanExe task, say) asks an LLM through ``executor.run(fn)`` calls, one
 after another, where ``fn(llm)`` sends one or more requests. Without reading that code,
@@ -615,7 +615,9 @@ class Speculation:
     # (a pass slower than a call); past that the real pass asks the call itself.
     WAIT_FOR_PASS = 5.0
 
-    def __init__(self, *, task: str, store: AnswerStore, max_in_flight: int | None = None) -> None:
+    def __init__(
+        self, *, task: str, store: AnswerStore, max_in_flight: int | None = None, record_ahead: bool = True
+    ) -> None:
         self.task = task
         self.store = store
         self.nonce = secrets.token_hex(4)
@@ -632,6 +634,7 @@ class Speculation:
         self._live: Callable[[Callable[[Any], Any], str], Any] | None = None
         self._aside: Callable[[], ContextManager[None]] = contextlib.nullcontext
         self._recorder: threading.Thread | None = None
+        self._recording_wanted = record_ahead  # False: the host knows there is nothing to overlap; no record pass
         self._recording_now = False  # a record pass is under way (guarded by _changed)
         self._recorded: set[int] = set()  # call positions some finished record pass reached
 
@@ -706,6 +709,8 @@ class Speculation:
         start = Counter(pass_.counts)
         pass_.calls.append(PassCall(index, fn, start))
         label = f"call {index + 1}"
+        if not self._recording_wanted:
+            return self._ask_live(pass_, fn, start, label, None, None)
         request = self._probe(fn)
         if request is None:  # it asked nothing we could see before failing or returning: run it as it is
             self._start_recording()
@@ -959,7 +964,7 @@ class Speculation:
         return self.report
 
     def _start_recording(self) -> None:
-        if self._recorder is not None and self._recorder.ident is None:
+        if self._recording_wanted and self._recorder is not None and self._recorder.ident is None:
             with self._changed:
                 self._recording_now = True
             self._recorder.start()

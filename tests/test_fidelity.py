@@ -51,6 +51,9 @@ def test_concurrent_outputs_are_byte_identical(
     assert all(r["used"] + r["asked_live"] == r["calls"] for r in reports.values()), reports
     answers = list((state_dir_for(run_dir) / "answers").rglob("*.json"))
     assert len(answers) >= sum(r["calls"] for r in reports.values()) >= 60  # every call saved (ExpertFinder asks twice)
+    # the tasks that share PlanExe's base run_inner (one call around run_with_llm) stop recording once
+    # two of them made one call each
+    assert sum(r["stopped_early"].startswith("not recorded") for r in reports.values()) >= (10 if fast else 25)
     # the loops went out together (each loop's first call is the real pass's own, beside them; for
     # ExpertReview's criticisms the real pass and the record pass race for the first)
     assert sum(r["overlapped"] for r in reports.values()) >= (13 if fast else 23)

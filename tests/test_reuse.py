@@ -179,3 +179,30 @@ def test_clear_forgets_primed_and_idle_instances() -> None:
     t.join()
     get.clear()
     assert get("a") == ("a", 3) and len(factory.calls) == 3
+
+
+def test_deferred_models_are_built_only_where_planexe_would_have_them_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On older pins PlanExe's activity log loses events with a nested response: building them would add lines."""
+    import sys
+    import types
+
+    from pipeline_patches import flag_toggle
+
+    assert flag_toggle.nested_responses_serialise()  # this venv's pydantic builds them on first use
+    rebuilt: list[str] = []
+
+    class Unbuilt:
+        __pydantic_complete__ = False
+
+        @classmethod
+        def model_rebuild(cls, force: bool = False) -> None:
+            rebuilt.append(cls.__name__)
+
+    module = types.ModuleType("deferred_probe_models")
+    Unbuilt.__module__ = module.__name__
+    module.Unbuilt = Unbuilt  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(flag_toggle, "nested_responses_serialise", lambda: False)
+    assert flag_toggle.build_deferred_models((module.__name__,)) == 0 and rebuilt == []
+    monkeypatch.setattr(flag_toggle, "nested_responses_serialise", lambda: True)
+    assert flag_toggle.build_deferred_models((module.__name__,)) == 1 and rebuilt == ["Unbuilt"]

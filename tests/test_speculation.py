@@ -133,8 +133,10 @@ class Host:
 
         return body(Plain())
 
-    def speculative(self, body: Callable[[Any], Any], store: AnswerStore | None = None) -> tuple[Any, Any]:
-        spec = Speculation(task="Host", store=store or AnswerStore(None))
+    def speculative(
+        self, body: Callable[[Any], Any], store: AnswerStore | None = None, record_ahead: bool = True
+    ) -> tuple[Any, Any]:
+        spec = Speculation(task="Host", store=store or AnswerStore(None), record_ahead=record_ahead)
         box: dict[str, Any] = {}
 
         class Session:
@@ -671,3 +673,11 @@ def test_a_stop_in_an_early_batch_is_raised_where_the_real_pass_asks(tmp_path: P
 def test_executor_run_outside_a_speculative_run_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="outside a speculative run"):
         Speculation(task="T", store=AnswerStore(None)).call(lambda llm: None)
+
+
+def test_without_recording_ahead_every_call_is_asked_in_order(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    expected = Host(tmp_path).sequential(independent_loop)
+    result, report = host.speculative(independent_loop, record_ahead=False)
+    assert result == expected and host.calls.peak == 1
+    assert (report.passes, report.sent_early, report.asked_live) == (0, 0, 6)

@@ -305,3 +305,23 @@ def test_tasks_the_plugin_has_never_seen_fan_out_and_write_their_own_sequential_
     assert flow["used"] + flow["asked_live"] == items  # whatever the guesses, each real call once in the replay
     # every request asked in the sequential run was asked, plus at most the wasted guesses
     assert len(server.log) == asked_sequentially + sum(r["wasted"] for r in reports.values())
+
+
+def test_call_shapes_need_two_one_call_tasks_and_none_with_more(tmp_path: Path) -> None:
+    from pipeline_patches.speculative import CallShapes
+
+    shapes = CallShapes(tmp_path / "shapes")
+
+    def shared(self: Any) -> None: ...
+
+    def other(self: Any) -> None:
+        return None
+
+    key = CallShapes.key(shared)
+    assert key != CallShapes.key(other) and not shapes.one_call_only(key)
+    shapes.note(key, "A", 1)
+    assert not shapes.one_call_only(key)
+    shapes.note(key, "B", 0)
+    assert shapes.one_call_only(key)
+    shapes.note(key, "C", 3)  # a task with the same code made more: record again
+    assert not shapes.one_call_only(key)
