@@ -48,7 +48,7 @@ class _Lease:
         try:
             if os.getpid() == self.pid:  # not a lease of the parent's, dropped in a forked child
                 self.idle.append(self.instance)  # deque.append: atomic, no lock taken in a finaliser
-        except Exception:  # interpreter shutdown
+        except Exception:  # pragma: no cover - interpreter shutdown (os already torn down)
             pass
 
 

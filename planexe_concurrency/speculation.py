@@ -857,7 +857,7 @@ class Speculation:
                 return
             if ready:
                 quiet = 0
-                self._send_early(ready, send)
+                self._send_early(ready, send, stop)
                 continue
             waiting = [c for c in pass_.calls if c.unknown and c.waits_on]
             if not waiting:
@@ -891,7 +891,7 @@ class Speculation:
             _PASS.reset(token)
         return None
 
-    def _send_early(self, ready: list[PassCall], send: Any) -> None:
+    def _send_early(self, ready: list[PassCall], send: Any, stop: tuple[type[BaseException], ...]) -> None:
         self.report.rounds += 1
         self.report.sent_early += len(ready)
         if len(ready) > 1:
@@ -900,10 +900,12 @@ class Speculation:
         outcomes: dict[int, tuple[bool, Any]] = {}
         try:
             outcomes = send([self._early_fn(c) for c in ready], [f"call {c.index + 1}" for c in ready])
-        except BaseException as exc:  # a stop: each of these calls meets it where the real pass asks it
+        except BaseException as exc:
+            # A stop: each of these calls meets it where the real pass asks it. Anything else is
+            # ours, not the host's: the real pass asks those calls itself.
             for slot in slots:
                 if not slot.done.is_set():
-                    slot.sent = True
+                    slot.sent = isinstance(exc, stop)
                     self._finish(slot, False, exc)
             raise
         for position, slot in enumerate(slots):
