@@ -705,3 +705,24 @@ def test_without_recording_ahead_every_call_is_asked_in_order(tmp_path: Path) ->
     result, report = host.speculative(independent_loop, record_ahead=False)
     assert result == expected and host.calls.peak == 1
     assert (report.passes, report.sent_early, report.asked_live) == (0, 0, 6)
+
+
+def test_an_early_call_whose_check_fails_is_asked_again(tmp_path: Path) -> None:
+    """The real pass checks an early answer by running the call against saved answers; if that raises, it asks anew."""
+
+    def body(executor: Any) -> list[str]:
+        def item(i: int) -> Callable[[Any], Any]:
+            def execute_function(llm: Any) -> Any:
+                if llm.metadata.model_name == "saved-answers":  # code that cannot run against saved answers
+                    raise ValueError("not without a model")
+                return llm.as_structured_llm(Text).chat([ChatMessage(role=MessageRole.USER, content=f"q{i}")]).raw.text
+
+            return execute_function
+
+        return [executor.run(item(i)) for i in range(3)]
+
+    expected = Host(tmp_path).sequential(body)
+    host = Host(tmp_path)
+    result, report = host.speculative(body)
+    assert result == expected
+    assert report.sent_early == 2 and report.used == 0 and report.wasted == 2 and report.asked_live == 3
