@@ -134,7 +134,8 @@ class Host:
         return body(Plain())
 
     def speculative(
-        self, body: Callable[[Any], Any], store: AnswerStore | None = None, record_ahead: bool = True
+        self, body: Callable[[Any], Any], store: AnswerStore | None = None, record_ahead: bool = True,
+        send: Callable[[Sequence[Callable[[Any], Any]], Sequence[str]], dict[int, tuple[bool, Any]]] | None = None,
     ) -> tuple[Any, Any]:
         spec = Speculation(task="Host", store=store or AnswerStore(None), record_ahead=record_ahead)
         box: dict[str, Any] = {}
@@ -146,7 +147,7 @@ class Host:
         def run_body() -> None:
             box["result"] = body(Session())
 
-        def send(fns: Sequence[Callable[[Any], Any]], labels: Sequence[str]) -> dict[int, tuple[bool, Any]]:
+        def engine_send(fns: Sequence[Callable[[Any], Any]], labels: Sequence[str]) -> dict[int, tuple[bool, Any]]:
             outcomes: dict[int, tuple[bool, Any]] = {}
 
             def keep(i: int, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -174,7 +175,7 @@ class Host:
         def record(_pass: int) -> None:
             body(Session())
 
-        report = spec.run(run_body, record=record, send=send, live=live, stop_exceptions=(Stopped,))
+        report = spec.run(run_body, record=record, send=send or engine_send, live=live, stop_exceptions=(Stopped,))
         return box["result"], report
 
 
@@ -646,26 +647,12 @@ def test_a_record_pass_that_fails_later_stops_recording_and_the_real_pass_goes_o
 def test_an_engine_failure_in_an_early_batch_leaves_those_calls_to_the_real_pass(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    host = Host(tmp_path)
-    spec = Speculation(task="Host", store=AnswerStore(None))
-    box: dict[str, Any] = {}
-
-    class Session:
-        def run(inner, fn: Callable[[Any], Any]) -> Any:  # noqa: N805
-            return spec.call(fn)
-
     def broken_send(fns: Sequence[Callable[[Any], Any]], labels: Sequence[str]) -> dict[int, tuple[bool, Any]]:
         raise RuntimeError("the engine broke")
 
-    def live(fn: Callable[[Any], Any], label: str) -> Any:
-        return host.engine().run(fn)
-
     with caplog.at_level("WARNING", logger="planexe_concurrency"):
-        report = spec.run(
-            lambda: box.setdefault("result", independent_loop(Session())),
-            record=lambda _n: independent_loop(Session()), send=broken_send, live=live, stop_exceptions=(Stopped,),
-        )
-    assert box["result"] == Host(tmp_path).sequential(independent_loop)
+        result, report = Host(tmp_path).speculative(independent_loop, send=broken_send)
+    assert result == Host(tmp_path).sequential(independent_loop)
     assert report.asked_live == 6 and report.used == 0 and "RuntimeError: the engine broke" in report.stopped_early
     assert any("speculation stopped" in r.getMessage() for r in caplog.records)
 
