@@ -6,6 +6,7 @@ the speculation reports.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import shutil
@@ -162,7 +163,7 @@ def plain_task_executor_class() -> type:
         def __init__(self, task: luigi.Task) -> None:
             super().__init__(llm_models=planexe.LLMModelFromName.from_names(list(task.llm_models)))  # type: ignore[attr-defined]
             settings = replace(settings_from_config(read_config(), task.task_family), failure_mode="fail_fast")
-            self._concurrent = executor_for(task, settings, listeners=False)
+            self._concurrent = executor_for(task, settings)  # its call's events feed the run's display
 
         def run(self, execute_function: Callable[[Any], Any]) -> Any:
             validate = getattr(self, "_validate_execute_function", None)
@@ -249,3 +250,31 @@ def complete_unless_interrupted(complete: Callable[[luigi.Task], bool]) -> Calla
         return False
 
     return complete_unless_interrupted
+
+
+class ValueParameter(luigi.Parameter):
+    """Luigi's plain ``Parameter``, for values that are Python objects rather than strings.
+
+    PlanExe declares its run directory (a ``Path``) and its progress callback (a callable or
+    None) as plain ``luigi.Parameter``s, and Luigi warns about every such value of every task
+    (``UserWarning: Parameter ... is not of type string``). Declared as what they hold, the
+    parameters behave exactly as before (same parsing, serialisation, task ids) without it.
+    """
+
+
+def declare_parameter_types(task_class: type) -> list[str]:
+    """Re-declare ``task_class``'s plain parameters whose default is not a string (see ValueParameter).
+
+    Names nothing of PlanExe: a PlanExe that declares them itself is left as it is. The
+    parameter keeps its place among the others (Luigi orders them by creation).
+    """
+    changed = []
+    for name, param in list(vars(task_class).items()):
+        default = getattr(param, "_default", None)
+        if type(param) is not luigi.Parameter or isinstance(default, str) or default is luigi.parameter._no_value:
+            continue
+        declared = copy.copy(param)
+        declared.__class__ = ValueParameter
+        setattr(task_class, name, declared)
+        changed.append(name)
+    return changed

@@ -7,6 +7,8 @@
     planexe-concurrency hook [install|remove]    # the start-up hook for every entry point (see startup.py)
     planexe-concurrency simllm serve [...]       # the simulated OpenAI-compatible provider
     planexe-concurrency bench [...]              # before/after timing table (see pipeline_patches/bench.py)
+    planexe-concurrency status RUN_DIR           # follow a run started anywhere (live display, exit = its state)
+    planexe-concurrency timeline RUN_DIR         # the Gantt picture of a run (HTML; PNG with matplotlib)
 
 Every input is checked before anything runs; a bad one ends the command with one line
 on stderr and exit status 2, and nothing written.
@@ -15,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+# Exit status of ``status``: the run's state.
+STATUS_EXIT = {"done": 0, "failed": 1, "running": 3, "stopped": 4, "interrupted": 4}
 
 
 class UsageError(Exception):
@@ -54,7 +56,10 @@ def _nonnegative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="planexe-concurrency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default=os.environ.get("PLANEXE_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level", default=os.environ.get("PLANEXE_LOG_LEVEL"),
+        help="console log level (default WARNING; run and status: -v INFO, -vv DEBUG); the log file gets everything",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate a plan with PlanExe's pipeline, concurrently")
@@ -76,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler-host", help="use a luigid central scheduler on this host instead of the local one")
     run.add_argument("--scheduler-port", type=int, default=8082)
     run.add_argument("--summary-json", type=Path, help="write wall time, outcome and the task graph here (benchmarks)")
+    _display_options(run)
+
+    status = sub.add_parser("status", help="follow a run started elsewhere; exits with its state (0 done, 1 failed, 3 running, 4 stopped)")
+    status.add_argument("run_dir", type=Path, help="the run directory")
+    status.add_argument("--once", action="store_true", help="print one line now and exit")
+    _display_options(status)
+
+    timeline = sub.add_parser("timeline", help="write the Gantt picture of a run (timeline.html, and .png with matplotlib)")
+    timeline.add_argument("run_dir", type=Path, help="the run directory")
+    timeline.add_argument("--out", type=Path, help="folder for the files (default: the run's state folder)")
 
     sub.add_parser("check-config", help="validate [planexe_concurrency] and show each task's settings")
 
@@ -94,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _display_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: INFO on the console, -vv: DEBUG")
+    parser.add_argument(
+        "--progress-interval", type=_nonnegative_float, default=10.0,
+        help="seconds between plain progress lines when the output is not a terminal",
+    )
+
+
+def _resume_command(argv: Sequence[str], run_dir: Path) -> list[str]:
+    """The command that resumes this run: the same one, with its run directory named."""
+    words = ["planexe-concurrency", *argv]
+    if not any(w == "--run-dir" or w.startswith("--run-dir=") for w in argv):
+        words += ["--run-dir", str(run_dir)]
+    return words
+
+
 def _prompt(args: argparse.Namespace) -> str | None:
     if args.prompt is not None and args.prompt_file is not None:
         raise UsageError("give --prompt or --prompt-file, not both")
@@ -109,8 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import luigi
 
     from planexe_concurrency.config import ConfigError, set_config_values
+    from planexe_concurrency.console import configure_logging
+    from planexe_concurrency.progress import CONSOLE_FILE, LOG_FILE
     from planexe_concurrency.resume import atomic_write_text
-    from planexe_concurrency.timing import record_task_events, task_graph
+    from planexe_concurrency.timing import task_graph
 
     if args.target:
         os.environ["PLANEXE_CONCURRENCY_TARGET"] = args.target
@@ -131,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .flag_toggle import prefer_fork, warm_up
     from .planexe import load_planexe
     from .rundir import RunDirError, prepare_run_dir, state_dir_for
+    from .watch import start_watch
 
     planexe = load_planexe()
     try:
@@ -145,7 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         prepare_run_dir(run_dir, prompt)
     except RunDirError as exc:
         raise UsageError(str(exc)) from exc
-    set_config_values({"events_file": str(state_dir_for(run_dir) / "events.jsonl")})
+    state_dir = state_dir_for(run_dir)
+    console = configure_logging(args.verbose, state_dir / LOG_FILE, state_dir / CONSOLE_FILE, level=args.log_level)
+    # Luigi's own logging set-up would give its logger a second console handler (every line twice).
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    set_config_values({"events_file": str(state_dir / "events.jsonl")})
     stop_flag = run_dir / planexe.ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
     stop_flag.unlink(missing_ok=True)
 
@@ -168,19 +206,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{workers} worker(s), models {llm_models}, run dir {run_dir}",
         flush=True,
     )
-    stop_recording = record_task_events(state_dir_for(run_dir) / "tasks.jsonl")
+    watch = start_watch(
+        root, workers=workers, command=_resume_command(args.argv, run_dir), interval=args.progress_interval,
+        console_printer=console,
+    )
     started = time.perf_counter()
     build_kwargs: dict[str, Any] = {"workers": workers, "detailed_summary": True}
     if args.scheduler_host:
         build_kwargs.update(scheduler_host=args.scheduler_host, scheduler_port=args.scheduler_port)
     else:
         build_kwargs["local_scheduler"] = True
+    result: Any = False
     try:
         result = luigi.build([root], **build_kwargs)
     finally:
-        stop_recording()
-    elapsed = time.perf_counter() - started
-    ok = bool(getattr(result, "scheduling_succeeded", result)) and root.complete()
+        elapsed = time.perf_counter() - started
+        ok = bool(getattr(result, "scheduling_succeeded", result)) and root.complete()
+        _, lines = watch.finish(ok, elapsed, stopped=stop_flag.exists())
+        console.printer = None
     if args.summary_json:
         summary = {
             "ok": ok,
@@ -191,10 +234,63 @@ def cmd_run(args: argparse.Namespace) -> int:
             "graph": task_graph(root),
         }
         atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
-    print(f"planexe-concurrency: {'done' if ok else 'FAILED'} in {elapsed:.1f}s; outputs in {run_dir}", flush=True)
+    print("\n".join(lines), flush=True)
     if stop_flag.exists():
         print("planexe-concurrency: the pipeline was stopped on request; run the same command again to resume", flush=True)
     return 0 if ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from planexe_concurrency.console import ProgressReporter, configure_console, plain_line, summary_lines
+    from planexe_concurrency.progress import LOG_FILE, RUNNING, RunInfo, RunProgress, RunSummary
+
+    from .rundir import state_dir_for
+
+    configure_console(args.verbose, level=args.log_level)
+    state_dir = state_dir_for(args.run_dir)
+    info = RunInfo.read(state_dir)
+    if info is None:
+        raise UsageError(f"{args.run_dir}: no run of planexe-concurrency found (no {state_dir / 'run.json'})")
+    if not args.once and info.state == RUNNING and not info.owner_gone():
+        reporter = ProgressReporter(state_dir, interval=args.progress_interval, title=f"PlanExe: {info.run_dir}")
+        with reporter:
+            while True:
+                time.sleep(0.5)
+                info = RunInfo.read(state_dir) or info
+                if info.state != RUNNING or info.owner_gone():
+                    break
+    snap = RunProgress(state_dir).poll()
+    print(plain_line(snap), flush=True)
+    if info.summary and info.state != RUNNING:
+        data = dict(info.summary)
+        data["longest"] = tuple(tuple(pair) for pair in data.get("longest", ()))
+        report = sorted(Path(info.run_dir).glob("*report.html"))
+        timeline = state_dir / "timeline.html"
+        lines = summary_lines(
+            RunSummary(**data), run_dir=Path(info.run_dir), report=report[-1] if report else None,
+            log_file=state_dir / LOG_FILE, timeline=timeline if timeline.exists() else None,
+            resume=" ".join(info.command),
+        )
+        print("\n".join(lines), flush=True)
+    return STATUS_EXIT.get(snap.state, 1)
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from planexe_concurrency.plots import write_timeline
+    from planexe_concurrency.progress import RunInfo
+
+    from .rundir import state_dir_for
+
+    state_dir = state_dir_for(args.run_dir)
+    info = RunInfo.read(state_dir)
+    if info is None and not (state_dir / "tasks.jsonl").exists():
+        raise UsageError(f"{args.run_dir}: no run of planexe-concurrency found (no event files in {state_dir})")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    title = f"{args.run_dir.name} ({info.state if info else 'unknown'})"
+    for path in write_timeline(state_dir, title, args.out):
+        print(path)
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -263,6 +359,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "check-config": cmd_check_config, "patch": cmd_patch, "hook": cmd_hook, "simllm": cmd_simllm, "bench": cmd_bench,
+    "status": cmd_status, "timeline": cmd_timeline,
 }
 
 
@@ -284,9 +381,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     head, rest = _split_pass_through(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(head)
+    args.argv = head
     if args.command in PASS_THROUGH:
         args.rest = rest
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    from planexe_concurrency.console import configure_console
+
+    # Until a run knows its log file (run), or for good (the other commands): the console only.
+    try:
+        configure_console(
+            getattr(args, "verbose", 0), level=args.log_level, default="WARNING" if args.command in ("run", "status") else "INFO"
+        )
+    except ValueError as exc:
+        print(f"planexe-concurrency: error: --log-level: {exc}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:

@@ -17,6 +17,7 @@ with ``PLANEXE_WORKERS`` workers. With the flag off, nothing of this package is 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import multiprocessing
@@ -24,8 +25,9 @@ import os
 import sys
 import gc
 import time
+from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import luigi
 import luigi.interface
@@ -34,6 +36,7 @@ logger = logging.getLogger("planexe_concurrency")
 
 FLAG_ENV = "PLANEXE_CONCURRENCY"
 WORKERS_ENV = "PLANEXE_WORKERS"
+PROGRESS_INTERVAL_ENV = "PLANEXE_CONCURRENCY_PROGRESS_INTERVAL"  # seconds between plain progress lines
 DEFAULT_WORKERS = 4
 MAX_WORKERS = 64
 
@@ -219,10 +222,73 @@ def concurrent_build(tasks: Sequence[luigi.Task], *args: Any, workers: int = 1, 
         seconds = warm_up(getattr(tasks[0], "llm_models", ()) or ())
         logger.info("planexe-concurrency: warmed up the parent in %.2fs", seconds)
     logger.info("planexe-concurrency: luigi.build with %d workers (PlanExe asked for %d)", n_workers, workers)
-    result = _real_build(tasks, *args, workers=n_workers, **kwargs)
+    with _watched(tasks[0], n_workers):
+        result = _real_build(tasks, *args, workers=n_workers, **kwargs)
     for task in tasks:
         tidy_finished_run(task)
     return result
+
+
+@contextlib.contextmanager
+def _watched(root: luigi.Task, n_workers: int) -> Iterator[None]:
+    """The run's event files, progress and summary, as ``planexe-concurrency run`` shows them.
+
+    PlanExe's own logging stays where PlanExe put it, with two changes: Luigi does not add
+    its own console handler beside PlanExe's (each of its lines once), and on a terminal
+    PlanExe's console handlers show warnings only while the live display draws (its log file
+    still gets every line). Elsewhere (a service, CI) one plain progress line per interval.
+    """
+    from .watch import start_watch
+
+    if logging.getLogger().handlers:
+        luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    live = sys.stderr.isatty()
+    quieted = _quiet_console_handlers() if live else []
+    plain = None if live else (lambda line: logger.info("%s", line))
+    watch = start_watch(root, workers=n_workers, command=getattr(sys, "orig_argv", sys.argv), live=live,
+                        interval=progress_interval(), plain_printer=plain)
+    started = time.perf_counter()
+    ok = False
+    try:
+        yield
+        ok = bool(root.complete())
+    finally:
+        _, lines = watch.finish(ok, time.perf_counter() - started, stopped=_stop_flag_raised(root))
+        for handler, level in quieted:
+            handler.setLevel(level)
+        for line in lines:
+            if live:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                logger.info("%s", line)
+
+
+def progress_interval(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
+    raw = environ.get(PROGRESS_INTERVAL_ENV, "").strip()
+    try:
+        return float(raw) if raw else 10.0
+    except ValueError:
+        raise ValueError(f"{PROGRESS_INTERVAL_ENV}={raw!r} is not allowed: expected seconds (a number)") from None
+
+
+def _quiet_console_handlers() -> list[tuple[logging.Handler, int]]:
+    """Root handlers that print to this terminal: at WARNING while the display draws."""
+    changed = []
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if isinstance(handler, logging.FileHandler) or stream not in (sys.stdout, sys.stderr):
+            continue
+        if handler.level < logging.WARNING:
+            changed.append((handler, handler.level))
+            handler.setLevel(logging.WARNING)
+    return changed
+
+
+def _stop_flag_raised(root: luigi.Task) -> bool:
+    from .planexe import load_planexe
+
+    flag = load_planexe().ExtraFilenameEnum.PIPELINE_STOP_REQUESTED_FLAG.value
+    return (Path(root.run_id_dir) / flag).exists()
 
 
 class _LuigiWithConcurrentBuild:
@@ -239,4 +305,5 @@ def install(namespace: dict[str, Any]) -> None:
     if not flag_on():
         return
     workers_from_env()  # a bad PLANEXE_WORKERS fails here, before anything runs
+    progress_interval()
     namespace["luigi"] = _LuigiWithConcurrentBuild()

@@ -19,11 +19,12 @@ import luigi
 from luigi.cmdline_parser import CmdlineParser
 
 from planexe_concurrency.config import ConfigError, read_config
+from planexe_concurrency.priority import CriticalPathPriority
 from planexe_concurrency.timing import append_task_event
 
 from planexe_concurrency.reuse import ReusedInstances
 
-from .base import check_settings, complete_unless_interrupted, create_llm_executor, start_marks
+from .base import check_settings, complete_unless_interrupted, create_llm_executor, declare_parameter_types, start_marks
 from .flag_toggle import import_lazy_modules
 from .governance import side_by_side_classes
 from .planexe import load_planexe
@@ -41,12 +42,20 @@ CONCURRENT_TASKS: dict[str, type] = side_by_side_classes(P)
 
 _ORIGINALS: dict[str, type] = {name: getattr(P, name) for name in CONCURRENT_TASKS}
 
+# Once, and kept when the patches are off: the same parameters, declared as what they hold (no
+# "is not of type string" warning for every task; see base.ValueParameter).
+declare_parameter_types(P.PlanTask)
+
+# Luigi's priority for every task: the chain of tasks still ahead of it (critical path first).
+CHAIN_PRIORITY = CriticalPathPriority(enabled=lambda: bool(read_config().critical_path_first))
+
 # Methods of PlanExe's PlanTask base class replaced while the patches are on (every task
 # inherits them); the originals are what PlanTask itself defines (None: inherited from Luigi).
 _PLAN_TASK_PATCHES: dict[str, Any] = {
     "create_llm_executor": create_llm_executor,
     "complete": complete_unless_interrupted(P.PlanTask.complete),
     "run": speculative_run(P.PlanTask.run),
+    "priority": property(CHAIN_PRIORITY, doc="Luigi's priority: the longest chain of tasks still ahead (planexe_concurrency.priority)"),
 }
 _PLAN_TASK_ORIGINALS: dict[str, Any] = {name: P.PlanTask.__dict__.get(name) for name in _PLAN_TASK_PATCHES}
 
@@ -64,7 +73,8 @@ def enable(module: ModuleType | None = None) -> None:
     any task go out at once; ``create_llm_executor()`` returns PlanExe's executor with
     retries of transient errors, the run's shared request budget and the stop flag; and a
     task that started in an earlier run and never finished is not complete, whatever files
-    it left (:func:`~pipeline_patches.base.complete_unless_interrupted`). Also makes
+    it left (:func:`~pipeline_patches.base.complete_unless_interrupted`); ``priority`` is the
+    chain of tasks still ahead of the task (``critical_path_first``). Also makes
     PlanExe's ``LLMModelFromName`` reuse LLM instances per thread (``REUSED_LLMS``).
     """
     module = module or P
@@ -86,6 +96,7 @@ def disable(module: ModuleType | None = None) -> None:
         elif name in P.PlanTask.__dict__:
             delattr(P.PlanTask, name)
     pe.llm_executor.get_llm = _ORIGINAL_GET_LLM
+    CHAIN_PRIORITY.clear()
 
 
 def is_enabled(module: ModuleType | None = None) -> bool:
@@ -132,7 +143,7 @@ def _record_task_event(event: str):  # type: ignore[no-untyped-def]
     def on_event(task: luigi.Task, *args: object) -> None:
         path = read_config().task_events_file
         if path:
-            append_task_event(path, task, event)
+            append_task_event(path, task, event, args[0] if event == "failure" and args else None)
 
     return on_event
 

@@ -4,7 +4,7 @@ The engine in this package knows nothing of PlanExe; the PlanExe-specific task s
 live in the sibling package ``pipeline_patches``.
 """
 from .config import ConfigError, FanOutSettings, RetryPolicy, load_settings
-from .events import ItemEvent, ItemState, JsonlEventLog, LoggingListener, ProgressBar, default_listeners
+from .events import ItemEvent, ItemState, JsonlEventLog, LoggingListener, default_listeners
 from .fanout import FanOut, FanOutError, ItemFailedError
 from .llm_executor import ConcurrentLLMExecutor, ExhaustedModelsError, StopCheck
 from .ratelimit import SharedSlotFile
@@ -25,7 +25,6 @@ __all__ = [
     "ItemState",
     "JsonlEventLog",
     "LoggingListener",
-    "ProgressBar",
     "RetryPolicy",
     "SharedSlotFile",
     "StopCheck",

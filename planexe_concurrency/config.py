@@ -117,6 +117,10 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
         default=True,
         description="record PlanExe's task code with stand-in answers and send its independent calls at once (false: one at a time)",
     )
+    critical_path_first = luigi.BoolParameter(
+        default=True,
+        description="give each task Luigi's priority = the longest chain of tasks still ahead of it, so free workers take the critical chain first",
+    )
     governance_parallel = luigi.BoolParameter(
         default=False, description="run governance phases 4-6 side by side after phase 3 (changes their prompts)"
     )

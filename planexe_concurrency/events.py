@@ -13,7 +13,6 @@ import enum
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -162,38 +161,10 @@ class LoggingListener:
         )
 
 
-class ProgressBar:
-    """A tqdm bar per fan-out, shown only when stderr is a terminal (never in CI logs)."""
-
-    __slots__ = ("_bars", "_lock", "_enabled")
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        self._enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._bars: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, event: ItemEvent) -> None:
-        if not self._enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:  # pragma: no cover - tqdm is an optional extra
-            self._enabled = False
-            return
-        with self._lock:
-            bar = self._bars.get(event.task)
-            if bar is None:
-                bar = self._bars[event.task] = tqdm(total=event.total, desc=event.task, unit="call", leave=False)
-            if event.state in (ItemState.COMPLETED, ItemState.FAILED, ItemState.CANCELLED):
-                bar.update(1)
-                if bar.n >= bar.total:
-                    bar.close()
-                    del self._bars[event.task]
-
-
 def default_listeners(events_file: str | os.PathLike[str] | None = None) -> list[Callable[[ItemEvent], None]]:
-    """Logging plus a progress bar, plus a JSON-lines file when one is named."""
-    listeners: list[Callable[[ItemEvent], None]] = [LoggingListener(), ProgressBar()]
+    """Logging, plus a JSON-lines file when one is named (which the parent's display reads:
+    a forked worker never draws, see planexe_concurrency.console)."""
+    listeners: list[Callable[[ItemEvent], None]] = [LoggingListener()]
     if events_file:
         listeners.append(JsonlEventLog(events_file))
     return listeners

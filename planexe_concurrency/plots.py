@@ -174,3 +174,26 @@ def sweep_png(path: str | Path, rows: Sequence[dict[str, float]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_timeline(state_dir: str | Path, title: str, out: str | Path | None = None) -> list[Path]:
+    """The Gantt picture of one run from its event files: ``timeline.html`` and, with matplotlib,
+    ``timeline.png`` (in ``out``, default the run's state folder). Returns what was written."""
+    from .events import read_events
+    from .resume import atomic_write_text
+    from .timing import read_task_spans
+
+    state_dir = Path(state_dir)
+    out_dir = Path(out) if out is not None else state_dir
+    tasks, events = state_dir / "tasks.jsonl", state_dir / "events.jsonl"
+    spans = read_task_spans(tasks) if tasks.exists() else []
+    items = item_spans(read_events(events)) if events.exists() else []
+    written = [out_dir / "timeline.html"]
+    atomic_write_text(written[0], gantt_html(title, spans, items))
+    if spans:
+        try:
+            gantt_png(out_dir / "timeline.png", [(title, spans, items)])
+            written.append(out_dir / "timeline.png")
+        except ImportError:  # matplotlib is the optional 'plot' extra
+            pass
+    return written

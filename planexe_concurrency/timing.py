@@ -41,21 +41,21 @@ def _append_line(path: Path, data: dict[str, object]) -> None:
         os.close(fd)
 
 
-def append_task_event(path: str | os.PathLike[str], task: luigi.Task, event: str) -> None:
+def append_task_event(path: str | os.PathLike[str], task: luigi.Task, event: str, error: object = None) -> None:
     """One line for one Luigi task event; ``ppid`` is the worker process that forked the task's process."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _append_line(
-        target,
-        {
-            "task": task.task_family,
-            "task_id": task.task_id,
-            "event": event,
-            "time": time.time(),
-            "pid": os.getpid(),
-            "ppid": os.getppid(),
-        },
-    )
+    data: dict[str, object] = {
+        "task": task.task_family,
+        "task_id": task.task_id,
+        "event": event,
+        "time": time.time(),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+    }
+    if error is not None:
+        data["error"] = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    _append_line(target, data)
 
 
 def record_task_events(path: str | os.PathLike[str]) -> Callable[[], None]:
@@ -73,7 +73,7 @@ def record_task_events(path: str | os.PathLike[str]) -> Callable[[], None]:
 
     def handler(event: str):  # type: ignore[no-untyped-def]
         def on_event(task: luigi.Task, *args: object) -> None:
-            append_task_event(target, task, event)
+            append_task_event(target, task, event, args[0] if event == "failure" and args else None)
 
         return on_event
 

@@ -11,7 +11,6 @@ from planexe_concurrency.events import (
     ItemState,
     JsonlEventLog,
     LoggingListener,
-    ProgressBar,
     default_listeners,
     make_event,
     read_events,
@@ -41,34 +40,8 @@ def test_logging_listener_levels_and_fields(caplog: pytest.LogCaptureFixture) ->
     assert "cached=true" in text[2]
 
 
-def test_progress_bar_counts_finished_items(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tqdm
-
-    made = []
-
-    class FakeBar:
-        def __init__(self, total: int, desc: str, **kw: object) -> None:
-            self.total, self.desc, self.n, self.closed = total, desc, 0, False
-            made.append(self)
-
-        def update(self, k: int) -> None:
-            self.n += k
-
-        def close(self) -> None:
-            self.closed = True
-
-    monkeypatch.setattr(tqdm, "tqdm", FakeBar)
-    bar = ProgressBar(enabled=True)
-    for i in range(3):
-        bar(make_event("T", i, 3, ItemState.RUNNING))
-        bar(make_event("T", i, 3, ItemState.COMPLETED))
-    assert [(b.desc, b.total, b.n, b.closed) for b in made] == [("T", 3, 3, True)]
-    ProgressBar(enabled=False)(make_event("T", 0, 1, ItemState.COMPLETED))
-    assert len(made) == 1
-
-
 def test_default_listeners_and_bus_add(tmp_path: Path) -> None:
-    assert len(default_listeners()) == 2
+    assert len(default_listeners()) == 1  # a forked worker logs and writes events; it never draws
     listeners = default_listeners(tmp_path / "e.jsonl")
     assert isinstance(listeners[-1], JsonlEventLog)
     seen = []

@@ -80,11 +80,20 @@ def test_patched_entry_point_flag_off_is_planexe_and_flag_on_is_concurrent(patch
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert not state_dir_for(off).exists() and _fanned_out_items(off) == 0  # PlanExe's own tasks ran
     assert "planexe-concurrency" not in proc.stdout + proc.stderr
+    # PlanExe's console handler and the one Luigi adds beside it: each Luigi line twice
+    assert (proc.stdout + proc.stderr).count("Done scheduling tasks") == 2
 
     on = write_start_files(tmp_path / "on")
     proc = _run("worker_plan_internal.plan.run_plan_pipeline", on, [patched_copy, REPO], PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="3")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "luigi.build with 3 workers" in proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("Done scheduling tasks") == 1  # once, through PlanExe's handlers
+    assert (on / "log.txt").read_text().count("Done scheduling tasks") == 1
+    assert "planexe-concurrency: done in" in proc.stdout  # the summary, through PlanExe's logging
+    status = subprocess.run(
+        [sys.executable, "-m", "pipeline_patches.cli", "status", str(on), "--once"], capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0 and status.stdout.startswith("planexe-concurrency: done: "), status.stdout + status.stderr
     assert _fanned_out_items(on) == FAST_FANNED_OUT_ITEMS
     assert not (state_dir_for(on) / "answers").exists()  # a finished run keeps no saved answers
     assert _plan(on) == _plan(off)

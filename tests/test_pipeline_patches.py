@@ -115,6 +115,8 @@ def test_luigi_command_line_with_several_workers(reference: Path, new_run_dir: C
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert differing_files(reference, run_dir) == []
+    output = proc.stdout + proc.stderr
+    assert output.count("Done scheduling tasks") == 1 and "is not of type string" not in output  # each line once
     reports = speculation_reports(run_dir)
     # five leaves: the first asked by the real pass, the other four sent at once beside it
     assert reports["CreateWBSLevel3Task"]["sent_early"] == 4 and sum(r["wasted"] for r in reports.values()) == 0

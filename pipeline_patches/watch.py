@@ -1,0 +1,134 @@
+"""One watched ``luigi.build`` of PlanExe's pipeline: event files, live display, summary, timeline.
+
+Used by ``planexe-concurrency run`` and by the flag entry points (``flag_toggle.py``), so a
+plan looks the same however it was started, and ``planexe-concurrency status RUN_DIR`` can
+follow it from anywhere that sees the run directory.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import luigi
+
+from planexe_concurrency.config import read_config, set_config_values
+from planexe_concurrency.console import ProgressReporter, summary_lines
+from planexe_concurrency.plots import write_timeline
+from planexe_concurrency.progress import (
+    CONSOLE_FILE, DONE, EVENTS_FILE, FAILED, LOG_FILE, STOPPED, TASKS_FILE, RunInfo, RunSummary, summarise,
+)
+from planexe_concurrency.timing import record_task_events, task_graph
+
+from .rundir import state_dir_for
+
+logger = logging.getLogger("planexe_concurrency")
+
+
+def complete_families(root: luigi.Task) -> list[str]:
+    """Tasks already complete before the build (a resume): counted as done from the start."""
+    done, seen, stack = [], set(), [root]
+    while stack:
+        task = stack.pop()
+        if task.task_id in seen:
+            continue
+        seen.add(task.task_id)
+        if task.complete():
+            done.append(task.task_family)
+        else:
+            stack.extend(luigi.task.flatten(task.requires()))
+    # Everything under a complete task is complete too, as far as this build is concerned.
+    graph = task_graph(root)
+    closed, stack2 = set(done), list(done)
+    while stack2:
+        for dep in graph.get(stack2.pop(), ()):
+            if dep not in closed:
+                closed.add(dep)
+                stack2.append(dep)
+    return sorted(closed)
+
+
+@dataclass
+class WatchedRun:
+    """A run being watched; ``finish`` writes how it ended and returns the summary's lines."""
+
+    root: luigi.Task
+    state_dir: Path
+    info: RunInfo
+    reporter: ProgressReporter | None
+    resume_command: str
+    _stop_recording: Any = field(default=None, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.root.run_id_dir)
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / LOG_FILE
+
+    def finish(self, ok: bool, wall: float, stopped: bool = False) -> tuple[RunSummary, list[str]]:
+        if self.reporter is not None:
+            self.reporter.stop()
+        if self._stop_recording is not None:
+            self._stop_recording()
+        state = DONE if ok else STOPPED if stopped else FAILED
+        summary = summarise(self.state_dir, wall, state)
+        self.info.state, self.info.ended = state, self.info.started + wall
+        self.info.summary = asdict(summary)
+        self.info.write(self.state_dir)
+        timeline: Path | None = None
+        try:
+            timeline = write_timeline(self.state_dir, f"{self.run_dir.name} ({state})")[0]
+        except Exception as exc:  # a picture must never turn a finished plan into a failure
+            logger.warning("planexe-concurrency: the timeline could not be drawn: %s", exc)
+        reports = sorted(self.run_dir.glob("*report.html"))
+        lines = summary_lines(
+            summary, run_dir=self.run_dir, report=reports[-1] if reports else None, log_file=self.log_file,
+            timeline=timeline, resume=self.resume_command,
+        )
+        return summary, lines
+
+
+def start_watch(
+    root: luigi.Task,
+    *,
+    workers: int,
+    command: Sequence[str] | None = None,
+    live: bool | None = None,
+    interval: float = 10.0,
+    draw: bool = True,
+    console_printer: Any = None,
+    plain_printer: Any = None,
+) -> WatchedRun:
+    """Point every process's event files at the run's state folder, write ``run.json``, start drawing.
+
+    ``console_printer`` is the console handler to route through the display (``run``);
+    PlanExe's own entry points keep their logging.
+    """
+    run_dir = Path(root.run_id_dir)
+    state_dir = state_dir_for(run_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / CONSOLE_FILE).unlink(missing_ok=True)
+    if not read_config().events_file:
+        set_config_values({"events_file": str(state_dir / EVENTS_FILE)})
+    stop_recording = record_task_events(state_dir / TASKS_FILE)
+    argv = list(command) if command is not None else list(sys.argv)
+    info = RunInfo(
+        run_dir=str(run_dir), graph=task_graph(root), command=argv, workers=workers,
+        complete_at_start=complete_families(root),
+    )
+    info.write(state_dir)
+    reporter = None
+    if draw:
+        reporter = ProgressReporter(
+            state_dir, live=live, interval=interval, title=f"PlanExe: {run_dir}", plain_printer=plain_printer
+        )
+        if console_printer is not None:
+            console_printer.printer = reporter.print_line
+        reporter.start()
+    return WatchedRun(root, state_dir, info, reporter, shlex.join(argv), stop_recording)
