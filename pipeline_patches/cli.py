@@ -217,12 +217,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         build_kwargs["local_scheduler"] = True
     result: Any = False
+    interrupted = False
     try:
         result = luigi.build([root], **build_kwargs)
+    except KeyboardInterrupt:  # Ctrl-C: say where the run got to and how to go on
+        interrupted = True
     finally:
         elapsed = time.perf_counter() - started
         ok = bool(getattr(result, "scheduling_succeeded", result)) and root.complete()
-        _, lines = watch.finish(ok, elapsed, stopped=stop_flag.exists())
+        _, lines = watch.finish(ok, elapsed, stopped=stop_flag.exists() or interrupted)
         console.printer = None
     if args.summary_json:
         summary = {
@@ -235,6 +238,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         }
         atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print("\n".join(lines), flush=True)
+    if interrupted:
+        return 130
     if stop_flag.exists():
         print("planexe-concurrency: the pipeline was stopped on request; run the same command again to resume", flush=True)
     return 0 if ok else 1

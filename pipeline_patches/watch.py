@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -126,7 +127,8 @@ def start_watch(
     reporter = None
     if draw:
         reporter = ProgressReporter(
-            state_dir, live=live, interval=interval, title=f"PlanExe: {run_dir}", plain_printer=plain_printer
+            state_dir, live=live, interval=interval, title=f"PlanExe: {run_dir}", plain_printer=plain_printer,
+            host=socket.gethostname(),  # under luigid on several hosts: the tasks this host runs
         )
         if console_printer is not None:
             console_printer.printer = reporter.print_line

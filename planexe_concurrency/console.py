@@ -189,12 +189,13 @@ class ProgressReporter:
         title: str = "",
         plain_printer: Callable[[str], None] | None = None,
         tick: float = 0.25,
+        host: str | None = None,
     ) -> None:
         self.stream = stream or sys.stderr
         self.live = (self.stream.isatty() if live is None else live) and _rich_available()
         self.interval = interval
         self.title = title
-        self.progress = RunProgress(state_dir)
+        self.progress = RunProgress(state_dir, host=host)
         self._console_tail = JsonlTail(Path(state_dir) / CONSOLE_FILE)
         self._plain_printer = plain_printer or self._write_line
         self._tick = tick

@@ -4,8 +4,8 @@ Every item of a fan-out moves ``pending -> running -> completed | failed`` (or
 ``cancelled``); each change is one :class:`ItemEvent`. Listeners are plain callables,
 so a caller can add its own. The defaults write one JSON line per event (readable by
 another process: under ``luigi --workers N`` each task runs in a forked child, so
-in-memory state never reaches the parent), log one line naming the task and the item,
-and draw a progress bar when stderr is a terminal.
+in-memory state never reaches the parent; the parent's display reads the file) and log one
+line naming the task and the item. A forked worker never draws (see ``console.py``).
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class EventBus:
         for listener in listeners:
             try:
                 listener(event)
-            except Exception as exc:  # a broken progress bar must not fail an LLM run
+            except Exception as exc:  # a broken listener must not fail an LLM run
                 logger.error(
                     "task=%s item=%d/%d event listener %r failed: %s",
                     event.task, event.item + 1, event.total, listener, one_line(repr(exc)),

@@ -143,12 +143,14 @@ class Snapshot:
 class RunProgress:
     """Folds a run's event files into counts, reading only what was appended since the last look."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], info: RunInfo | None = None) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], info: RunInfo | None = None, host: str | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.info = info
+        self.host = host  # list only this host's running tasks (luigid, several hosts); None: every host's
         self._tasks = JsonlTail(self.state_dir / TASKS_FILE)
         self._events = JsonlTail(self.state_dir / EVENTS_FILE)
         self._task_state: dict[str, tuple[str, str, float]] = {}  # task_id -> (family, event, time)
+        self._task_host: dict[str, str] = {}
         self._durations: list[float] = []
         self._starts: dict[str, float] = {}
         self._calls: dict[tuple[int, str, str, int], tuple[str, float]] = {}  # (pid, task, label, item) -> (state, time)
@@ -167,6 +169,7 @@ class RunProgress:
         for rec in self._since(self._tasks.records()):
             task_id, event, when = rec.get("task_id", ""), rec.get("event", ""), float(rec.get("time", 0.0))
             self._task_state[task_id] = (rec.get("task", ""), event, when)
+            self._task_host[task_id] = rec.get("host", "")
             if event == "start":
                 self._starts[task_id] = when
             elif event in ("success", "failure") and task_id in self._starts:
@@ -210,8 +213,8 @@ class RunProgress:
             elif call_state == ItemState.RUNNING.value:
                 counts[1] += 1
         running: list[RunningTask] = []
-        for family, event, when in self._task_state.values():
-            if event == "start":
+        for task_id, (family, event, when) in self._task_state.items():
+            if event == "start" and self.host in (None, self._task_host.get(task_id) or self.host):
                 done, in_flight = per_task.get(family, (0, 0))
                 running.append(RunningTask(family, when, done, in_flight))
         running.sort(key=lambda r: r.started)

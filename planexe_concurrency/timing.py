@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ def append_task_event(path: str | os.PathLike[str], task: luigi.Task, event: str
         "time": time.time(),
         "pid": os.getpid(),
         "ppid": os.getppid(),
+        "host": socket.gethostname(),
     }
     if error is not None:
         data["error"] = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)

@@ -29,12 +29,12 @@ def _run_words(run_dir: Path, *extra: str, latency: str = "0.02") -> list[str]:
     return [*CLI, "run", "--run-dir", str(run_dir), "--latency", latency, "--workers", "4", *extra]
 
 
-def test_a_terminal_gets_the_live_display_and_then_the_summary(tmp_path: Path) -> None:
-    run_dir = tmp_path / "tty"
+def _on_a_terminal(words: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``words`` under a pseudo-terminal; its exit status and everything it drew."""
+    env = {**(os.environ if env is None else env), "COLUMNS": "120", "LINES": "40"}
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs
-        os.environ.update(COLUMNS="120", LINES="40")
-        os.execv(sys.executable, _run_words(run_dir))
+        os.execve(words[0], words, env)
     screen = b""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -49,8 +49,12 @@ def test_a_terminal_gets_the_live_display_and_then_the_summary(tmp_path: Path) -
             break
         screen += chunk
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    text = screen.decode("utf-8", errors="replace")
+    return os.waitstatus_to_exitcode(status), screen.decode("utf-8", errors="replace")
+
+
+def test_a_terminal_gets_the_live_display_and_then_the_summary(tmp_path: Path) -> None:
+    code, text = _on_a_terminal(_run_words(tmp_path / "tty"))
+    assert code == 0
     assert "\x1b[" in text  # drawn in place
     frames = [m.start() for m in re.finditer(r"LLM calls: \d+ answered · \d+ in flight · \d+ retried · \d+ failed", text)]
     assert len(frames) >= 3  # redrawn as the run goes
@@ -59,6 +63,23 @@ def test_a_terminal_gets_the_live_display_and_then_the_summary(tmp_path: Path) -
     assert summary > frames[-1]  # the summary comes after the last frame
     tail = text[summary:].replace("\r", "")
     assert "speed-up" in tail and "longest tasks:" in tail and "timeline:" in tail
+
+
+def test_planexes_own_entry_point_with_the_flag_draws_the_same_display(tmp_path: Path) -> None:
+    from tests.conftest import write_start_files
+
+    run_dir = write_start_files(tmp_path / "flag")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANEXE_", "LUIGI_"))}
+    env.update(
+        PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="4", PLANEXE_CONCURRENCY_TARGET="double", RUN_ID_DIR=str(run_dir),
+        LLM_MODEL="simulated", SPEED_VS_DETAIL="fast_but_skip_details",
+    )
+    code, text = _on_a_terminal([sys.executable, "-m", "pipeline_patches.run_plan_pipeline"], env)
+    assert code == 0, text[-2000:]
+    assert len(re.findall(r"LLM calls: \d+ answered", text)) >= 3 and re.search(r"\d+/\d+ tasks", text)
+    assert text.index("planexe-concurrency: done in") > text.rindex("LLM calls:")
+    # PlanExe's own INFO lines went to its log.txt while the display drew, not through it
+    assert "Done scheduling tasks" not in text and (run_dir / "log.txt").read_text().count("Done scheduling tasks") == 1
 
 
 def test_piped_output_is_plain_short_and_every_luigi_line_is_in_the_log_once(tmp_path: Path) -> None:

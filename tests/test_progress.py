@@ -302,3 +302,14 @@ def test_task_events_record_a_failure_with_its_error(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["event"], r.get("error")) for r in lines] == [("start", None), ("failure", "ValueError: the reason")]
     assert [s.ok for s in read_task_spans(path)] == [False]
+
+
+def test_a_host_lists_the_tasks_it_runs_and_counts_the_whole_run(state_dir: Path) -> None:
+    t0 = time.time()
+    RunInfo(run_dir=str(state_dir), graph=GRAPH, started=t0).write(state_dir)
+    _task(state_dir, "B", "start", t0 + 1, host="here")
+    _task(state_dir, "C", "start", t0 + 1, host="there")
+    _task(state_dir, "A", "success", t0 + 0.5, host="there")
+    here = RunProgress(state_dir, host="here").poll()
+    assert [r.task for r in here.running] == ["B"] and here.tasks_done == 1
+    assert sorted(r.task for r in RunProgress(state_dir).poll().running) == ["B", "C"]
