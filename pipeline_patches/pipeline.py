@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,7 +26,7 @@ from planexe_concurrency.timing import append_task_event
 from planexe_concurrency.reuse import ReusedInstances
 
 from .base import check_settings, complete_unless_interrupted, create_llm_executor, declare_parameter_types, start_marks
-from .flag_toggle import import_lazy_modules
+from .flag_toggle import import_lazy_modules, prefer_fork, warm_up
 from .governance import side_by_side_classes
 from .planexe import load_planexe
 from .rundir import RunDirError, check_run_dir
@@ -120,6 +121,25 @@ class ConcurrentFullPlanPipeline(P.FullPlanPipeline):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         check_before_start(Path(self.run_id_dir))
+        if CmdlineParser.get_instance() is not None:
+            warm_up_once(tuple(self.llm_models))
+
+
+_warmed: set[tuple[str, ...]] = set()
+_warm_lock = threading.Lock()
+
+
+def warm_up_once(llm_models: tuple[str, ...]) -> None:
+    """Under ``luigi --module ...`` Luigi builds the root task in the parent, before it forks a
+    process per task: build the LLM clients there, as ``run`` and the flag entry points do
+    (measured on real PlanExe's relaxed mode: 2.33x this way without it, 2.61x through ``run``)."""
+    with _warm_lock:
+        if llm_models in _warmed:
+            return
+        _warmed.add(llm_models)
+    prefer_fork()
+    seconds = warm_up(llm_models)
+    logger.info("planexe-concurrency: warmed up the parent in %.2fs (models %s)", seconds, list(llm_models))
 
 
 def check_before_start(run_dir: Path) -> None:

@@ -326,3 +326,22 @@ def test_premise_attack_skips_failed_lenses_like_planexe(reference: Path, tmp_pa
     outputs = _ours_and_planexes_with_a_failing_model(reference, tmp_path, "PremiseAttackTask")
     assert outputs["ours"] == outputs["planexe"]
     assert b'"response_list": []' in outputs["ours"]["raw"]
+
+
+def test_luigis_command_line_warms_the_parent_up_once(new_run_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``luigi --module`` the root is built in the parent: the LLM clients are built there too."""
+    from luigi.cmdline_parser import CmdlineParser
+
+    from pipeline_patches import pipeline as patches
+
+    warmed: list[tuple[str, ...]] = []
+    monkeypatch.setattr(patches, "warm_up", lambda models: warmed.append(tuple(models)) or 0.0)
+    monkeypatch.setattr(patches, "_warmed", set())
+    run_dir = new_run_dir("warm")
+    patches.ConcurrentFullPlanPipeline(run_id_dir=run_dir, llm_models=["simulated"])
+    assert warmed == []  # in code (luigi.build, our CLI): the caller warms up, as `run` does
+    for name in ("warm-cli", "warm-cli-again"):  # new task ids: Luigi reuses an instance it has built
+        words = ["ConcurrentFullPlanPipeline", "--run-id-dir", str(new_run_dir(name)), "--llm-models", '["simulated"]']
+        with CmdlineParser.global_instance(words) as cmdline:
+            cmdline.get_task_obj()
+    assert warmed == [("simulated",)]
