@@ -220,6 +220,34 @@ def test_max_concurrent_answers_429(sim_server_factory: Factory) -> None:
     assert server.peak_in_flight() == 2
 
 
+def test_slots_queue_requests_in_arrival_order(sim_server_factory: Factory) -> None:
+    """A local server (Ollama, llama.cpp) serves K at once and queues the rest: no 429, FIFO."""
+    server = sim_server_factory(slots=2, latency=0.15)
+    with ThreadPoolExecutor(6) as pool:
+        futures = []
+        for i in range(6):
+            futures.append(pool.submit(post, server.url, "/v1/chat/completions", chat_payload(f"q{i}")))
+            time.sleep(0.02)  # a known arrival order
+        replies = [f.result() for f in futures]
+    assert [r.status for r in replies] == [200] * 6
+    log = sorted(server.log, key=lambda r: r.arrival)
+    assert server.peak_in_flight() == 2
+    assert [r.start for r in log] == sorted(r.start for r in log)  # served in the order they came
+    assert log[-1].start - log[-1].arrival >= 0.15  # the last ones waited for a slot
+    with pytest.raises(ValueError, match="slots"):
+        SimServerConfig(slots=-1)
+
+
+def test_a_long_answer_takes_longer_with_tokens_per_second(sim_server_factory: Factory) -> None:
+    server = sim_server_factory(latency=0.01, tokens_per_second=2000)
+    reply = post(server.url, "/v1/chat/completions", chat_payload("write a long text"))
+    tokens = reply.json()["usage"]["completion_tokens"]
+    (rec,) = server.log
+    assert tokens > 0 and rec.end - rec.start >= 0.01 + tokens / 2000
+    with pytest.raises(ValueError, match="tokens_per_second"):
+        SimServerConfig(tokens_per_second=-1)
+
+
 def test_openai_client_retries_after_429(sim_server_factory: Factory) -> None:
     server = sim_server_factory(max_concurrent=1, latency=0.03)
     llm = openai_like(server, False, max_retries=8)

@@ -27,6 +27,8 @@ def build_parser(prog: str = "planexe-concurrency simllm serve") -> argparse.Arg
     p.add_argument("--port", type=int, default=8089, help="port (0 = any free port)")
     p.add_argument("--latency", default="0.3", help="seconds, or uniform:LOW:HIGH, or lognormal:MEAN:SIGMA")
     p.add_argument("--max-concurrent", type=int, default=0, help="answer 429 above this many requests in flight (0 = no limit)")
+    p.add_argument("--slots", type=int, default=0, help="serve this many requests at once, queue the rest in arrival order (like Ollama; 0 = no queue)")
+    p.add_argument("--tokens-per-second", type=float, default=0.0, help="answer length costs time: --latency is the time to first token, plus tokens at this rate (0 = off)")
     p.add_argument("--rpm", type=int, default=0, help="answer 429 above this many requests per minute (0 = no limit)")
     p.add_argument("--fault-rate", type=float, default=0.0, help="fraction of accepted requests that fail")
     p.add_argument("--faults", default=",".join(FAULT_KINDS), help=f"comma-separated fault kinds from {','.join(FAULT_KINDS)}")
@@ -61,6 +63,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             port=args.port,
             latency=args.latency,
             max_concurrent=args.max_concurrent,
+            slots=args.slots,
+            tokens_per_second=args.tokens_per_second,
             requests_per_minute=args.rpm,
             fault_rate=args.fault_rate,
             faults=_split(args.faults),

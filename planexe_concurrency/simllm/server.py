@@ -61,7 +61,9 @@ class SimServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     latency: LatencyModel | str | float = 0.0
-    max_concurrent: int = 0
+    max_concurrent: int = 0  # refuse (429) above this many requests in flight
+    slots: int = 0  # serve this many at once, queue the rest in arrival order (as Ollama, llama.cpp do)
+    tokens_per_second: float = 0.0  # > 0: latency is time to first token, plus the answer's tokens at this rate
     requests_per_minute: int = 0
     rate_window_seconds: float = 60.0
     fault_rate: float = 0.0
@@ -89,8 +91,10 @@ class SimServerConfig:
             raise ValueError("fault_rate > 0 needs at least one fault kind")
         if self.timeout_mode not in ("504", "hang"):
             raise ValueError("timeout_mode must be '504' or 'hang'")
-        if self.max_concurrent < 0 or self.requests_per_minute < 0:
-            raise ValueError("max_concurrent and requests_per_minute must be >= 0")
+        if self.max_concurrent < 0 or self.requests_per_minute < 0 or self.slots < 0:
+            raise ValueError("max_concurrent, slots and requests_per_minute must be >= 0")
+        if self.tokens_per_second < 0:
+            raise ValueError("tokens_per_second must be >= 0")
         if self.rate_window_seconds <= 0 or self.time_scale < 0:
             raise ValueError("rate_window_seconds must be > 0 and time_scale >= 0")
         self.fail_models = tuple(self.fail_models)
@@ -345,6 +349,10 @@ class SimServer:
         self._attempts: dict[str, int] = collections.defaultdict(int)
         self._in_flight: dict[int, float] = {}  # token -> expected end
         self._next_token = 0
+        self._slot_free = threading.Condition()
+        self._slot_queue: collections.deque[int] = collections.deque()  # tickets waiting for a slot, oldest first
+        self._serving = 0
+        self._next_ticket = 0
         self._conns: set[socket.socket] = set()
         self._log_fh: IO[str] | None = None
 
@@ -478,6 +486,35 @@ class SimServer:
         with self._lock:
             self._in_flight.pop(token, None)
 
+    def _take_slot(self) -> bool:
+        """With ``slots``: wait, in arrival order, until fewer than ``slots`` requests are served."""
+        slots = self.config.slots
+        if not slots:
+            return False
+        with self._slot_free:
+            self._next_ticket += 1
+            ticket = self._next_ticket
+            self._slot_queue.append(ticket)
+            while (self._slot_queue[0] != ticket or self._serving >= slots) and not self._stopping.is_set():
+                self._slot_free.wait(0.5)
+            self._slot_queue.remove(ticket)
+            self._serving += 1
+            self._slot_free.notify_all()
+        return True
+
+    def _give_slot_back(self) -> None:
+        with self._slot_free:
+            self._serving -= 1
+            self._slot_free.notify_all()
+
+    def _answer_delay(self, rec: RequestRecord, resp: SimResponse) -> float:
+        """Time to the first token, plus the answer's tokens at ``tokens_per_second`` when set."""
+        cfg = self.config
+        delay = self._latency.sample(rec.key)
+        if cfg.tokens_per_second > 0:
+            delay += resp.completion_tokens / cfg.tokens_per_second
+        return delay * cfg.time_scale
+
     def _draw_fault(self, key: str, attempt: int) -> str | None:
         """Deterministic per (seed, key, attempt): a retried request is a fresh draw."""
         cfg = self.config
@@ -510,6 +547,26 @@ class SimServer:
         cfg = self.config
         model = str(payload.get("model") or "simulated")
         key = request_key(messages, tools, model)
+        queued = self._take_slot()
+        try:
+            self._serve(h, path, chat, payload, messages, tools, arrival, model, key)
+        finally:
+            if queued:
+                self._give_slot_back()
+
+    def _serve(
+        self,
+        h: _Handler,
+        path: str,
+        chat: bool,
+        payload: dict[str, Any],
+        messages: list[dict[str, Any]],
+        tools: list | None,
+        arrival: float,
+        model: str,
+        key: str,
+    ) -> None:
+        cfg = self.config
         adm = self._admit(key, arrival)
         if not adm.accepted:
             wait = max(adm.retry_after, 0.001)
@@ -561,7 +618,7 @@ class SimServer:
                 return lambda: h._error(504, "simulated upstream timeout", "timeout")
             rec.status = STATUS_DROPPED
             return lambda: _drop(h)
-        self._sleep(self._latency.sample(rec.key) * cfg.time_scale)
+        self._sleep(self._answer_delay(rec, resp))
         if rec.fault == "drop":
             rec.status = STATUS_DROPPED
             return lambda: _drop(h)
