@@ -23,7 +23,9 @@ from planexe_concurrency.config import FanOutSettings, read_config, settings_fro
 from planexe_concurrency.events import default_listeners
 from planexe_concurrency.fanout import FanOut, ItemFailedError
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
-from planexe_concurrency.ratelimit import SharedSlotFile, pace_llm_requests, stop_pacing_llm_requests
+from planexe_concurrency.ratelimit import (
+    SharedInFlightCap, SharedSlotFile, in_flight_cap, pace_llm_requests, stop_pacing_llm_requests,
+)
 from planexe_concurrency.resume import StartMarks
 
 from .callback import call_callback
@@ -79,6 +81,27 @@ def rate_limit_slots(task: luigi.Task) -> SharedSlotFile | None:
     return SharedSlotFile(path, cfg.requests_per_minute)
 
 
+IN_FLIGHT_FILE_NAME = "in_flight.slots"
+
+
+def in_flight_cap_for(task: luigi.Task) -> SharedInFlightCap | None:
+    """The run's cap on calls in flight (``max_in_flight``), or None when there is none.
+
+    Its file: ``in_flight_file``; else beside ``rate_limit_file`` when several runs share a
+    budget (so they share the cap too); else in our folder beside the run directory.
+    """
+    cfg = read_config()
+    if cfg.max_in_flight <= 0:
+        return None
+    if cfg.in_flight_file:
+        path = Path(cfg.in_flight_file)
+    elif cfg.rate_limit_file:
+        path = Path(f"{cfg.rate_limit_file}.in_flight")
+    else:
+        path = state_dir_of(task) / IN_FLIGHT_FILE_NAME
+    return in_flight_cap(path, cfg.max_in_flight)
+
+
 def fanout_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = True) -> FanOut:
     """A FanOut for one of ``task``'s loops (or, with ``listeners=False``, for one plain call).
 
@@ -98,6 +121,7 @@ def fanout_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = 
         task=task.task_family,
         listeners=default_listeners(cfg.events_file or None) if listeners else [],
         stop_exceptions=(planexe.PipelineStopRequested,),
+        in_flight=in_flight_cap_for(task),
     )
 
 

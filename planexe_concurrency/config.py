@@ -124,6 +124,13 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
     governance_parallel = luigi.BoolParameter(
         default=False, description="run governance phases 4-6 side by side after phase 3 (changes their prompts)"
     )
+    max_in_flight = luigi.IntParameter(
+        default=0,
+        description="LLM calls in flight at once for the whole run, every process and host together (0 = no cap)",
+    )
+    in_flight_file = luigi.Parameter(
+        default="", description="file shared by all processes (and hosts) that holds the max_in_flight slots"
+    )
     rate_limit_file = luigi.Parameter(
         default="", description="file shared by all processes (and hosts on shared storage) that splits the request budget"
     )
@@ -198,6 +205,10 @@ def validate(cfg: planexe_concurrency, known_tasks: Iterable[str] | None = None)
         raise ConfigError(
             f"[{SECTION}] retry_backoff_max = {cfg.retry_backoff_max!r} is not allowed: "
             f"expected a number >= retry_backoff_base ({cfg.retry_backoff_base!r})"
+        )
+    if isinstance(cfg.max_in_flight, bool) or not isinstance(cfg.max_in_flight, int) or not 0 <= cfg.max_in_flight <= 4096:
+        raise ConfigError(
+            f"[{SECTION}] max_in_flight = {cfg.max_in_flight!r} is not allowed: expected an integer in 0..4096 (0 = no cap)"
         )
     known = set(known_tasks) if known_tasks is not None else None
     for task, values in _overrides_dict(cfg.task_overrides).items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -38,7 +39,7 @@ from tenacity import RetryCallState
 
 from .config import FanOutSettings
 from .events import EventBus, ItemEvent, ItemState, Listener, make_event
-from .ratelimit import RequestPacer, SharedSlotFile
+from .ratelimit import RequestPacer, SharedInFlightCap, SharedSlotFile
 from .resume import ItemCache
 from .retry import build_retrying
 
@@ -106,7 +107,7 @@ Job = Callable[[ItemContext], Awaitable[R]]
 class FanOut:
     """Concurrent, ordered, retried execution of independent items. See the module docstring."""
 
-    __slots__ = ("settings", "task", "bus", "stop_exceptions", "shared_slots", "sleep")
+    __slots__ = ("settings", "task", "bus", "stop_exceptions", "shared_slots", "sleep", "in_flight")
 
     def __init__(
         self,
@@ -117,8 +118,10 @@ class FanOut:
         stop_exceptions: tuple[type[BaseException], ...] = (),
         shared_slots: SharedSlotFile | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        in_flight: SharedInFlightCap | None = None,
     ) -> None:
         self.settings = settings
+        self.in_flight = in_flight
         self.task = task
         self.bus = EventBus(listeners)
         self.stop_exceptions = stop_exceptions
@@ -220,10 +223,17 @@ class _Run:
             with attempt:
                 async with self.semaphore:
                     await self.pacer.acquire()
-                    ctx.attempts += 1
-                    self.emit(ctx.index, ItemState.RUNNING, attempt=ctx.attempts, label=ctx.label)
-                    result = await self.loop.run_in_executor(self.pool, fn)
+                    async with self._in_flight_slot():
+                        ctx.attempts += 1
+                        self.emit(ctx.index, ItemState.RUNNING, attempt=ctx.attempts, label=ctx.label)
+                        result = await self.loop.run_in_executor(self.pool, fn)
         return result  # type: ignore[possibly-undefined]  # reraise=True: we get here only on success
+
+    def _in_flight_slot(self) -> Any:
+        """The run-wide cap on calls in flight (``max_in_flight``), held for one attempt only:
+        a backoff sleep or a wait for the request budget holds no slot."""
+        cap = self.fan.in_flight
+        return cap.hold(self.fan.sleep) if cap is not None else contextlib.nullcontext()
 
     async def _one(self, job: Job[R], index: int, label: str, cache: ItemCache[R] | None) -> R:
         started = time.perf_counter()

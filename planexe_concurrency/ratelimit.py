@@ -10,12 +10,17 @@ forked child, so N limiters of R requests/minute would let N x R through. Two la
   process that names the same file, under an ``fcntl`` lock; on storage shared between
   hosts (with working POSIX locks) it also spans hosts. Each slot is taken once, so the
   total rate over all processes stays within R.
+
+And one cap on the requests in flight at once (``max_in_flight``), for local servers that
+serve K at a time and hosted keys with a concurrency limit: :class:`SharedInFlightCap`,
+record locks on a file that every process (and host) of a run names.
 """
 from __future__ import annotations
 
 import asyncio
 import fcntl
 import os
+import random
 import struct
 import threading
 import time
@@ -159,3 +164,98 @@ def _remove_pacers() -> None:
     installed = list(_pacers.values())
     root.event_handlers = [h for h in root.event_handlers if all(h is not p for p in installed)]
     _pacers.clear()
+
+
+# -- one cap on requests in flight, for every process (and host) of a run ----------------
+
+
+class SharedInFlightCap:
+    """At most ``limit`` requests in flight across every process that names the same file.
+
+    The file has ``limit`` bytes; holding a slot is holding an ``fcntl`` record lock on one
+    of them. The kernel drops a dead process's locks, so a crashed worker never keeps a slot;
+    on storage shared between hosts (working POSIX locks, as NFSv4 has) the cap spans hosts.
+    Record locks belong to a process, not a thread, so the threads of one process also keep
+    a set of the slots they hold. Get one instance per file and process with :func:`in_flight_cap`:
+    closing any descriptor of the file would release all of the process's locks on it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], limit: int, poll: float = 0.005) -> None:
+        if limit <= 0:
+            raise ValueError("an in-flight cap needs a limit > 0")
+        self.path = Path(path)
+        self.limit = limit
+        self.poll = poll
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+        self._held: set[int] = set()
+        os.register_at_fork(after_in_child=self._forget_parents_slots)
+
+    def _forget_parents_slots(self) -> None:
+        # A forked child holds none of its parent's locks (they are not inherited).
+        self._lock = threading.Lock()
+        self._held = set()
+
+    def try_take(self) -> int | None:
+        """A free slot, taken, or None when all ``limit`` are in use."""
+        with self._lock:
+            for slot in range(self.limit):
+                if slot in self._held:
+                    continue
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
+                except OSError:  # another process holds it
+                    continue
+                self._held.add(slot)
+                return slot
+        return None
+
+    def give_back(self, slot: int) -> None:
+        with self._lock:
+            if slot in self._held:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
+                self._held.discard(slot)
+
+    def in_use_here(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> int:
+        """Wait for a slot: poll, with jitter so processes waiting together do not move in step."""
+        while True:
+            slot = self.try_take()
+            if slot is not None:
+                return slot
+            await sleep(self.poll * (1.0 + random.random()))
+
+    def hold(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> "_HeldSlot":
+        return _HeldSlot(self, sleep)
+
+
+class _HeldSlot:
+    __slots__ = ("_cap", "_sleep", "_slot")
+
+    def __init__(self, cap: SharedInFlightCap, sleep: Callable[[float], Awaitable[None]]) -> None:
+        self._cap, self._sleep, self._slot = cap, sleep, -1
+
+    async def __aenter__(self) -> int:
+        self._slot = await self._cap.acquire(self._sleep)
+        return self._slot
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cap.give_back(self._slot)
+
+
+_caps: dict[tuple[str, int], SharedInFlightCap] = {}
+_caps_lock = threading.Lock()
+
+
+def in_flight_cap(path: str | os.PathLike[str], limit: int) -> SharedInFlightCap:
+    """The process's one cap for ``path`` (see :class:`SharedInFlightCap` for why only one)."""
+    key = (str(Path(path).resolve()), limit)
+    with _caps_lock:
+        cap = _caps.get(key)
+        if cap is None:
+            cap = _caps[key] = SharedInFlightCap(path, limit)
+        return cap

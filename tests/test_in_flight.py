@@ -1,0 +1,140 @@
+"""One cap on LLM calls in flight for the whole run (``max_in_flight``), across threads and processes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import luigi
+import pytest
+
+from planexe_concurrency.config import ConfigError, FanOutSettings, load_settings
+from planexe_concurrency.fanout import FanOut
+from planexe_concurrency.ratelimit import SharedInFlightCap, in_flight_cap
+from planexe_concurrency.simllm import SimServer
+from tests.conftest import PipelineRunner, differing_files, set_concurrency
+
+
+def _overlap(spans: list[tuple[float, float]]) -> int:
+    """Most spans open at one moment."""
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = now = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def test_threads_of_one_process_share_the_slots(tmp_path: Path) -> None:
+    cap = SharedInFlightCap(tmp_path / "cap", 2)
+    taken = [cap.try_take(), cap.try_take()]
+    assert sorted(taken) == [0, 1] and cap.try_take() is None and cap.in_use_here() == 2
+    cap.give_back(taken[0])
+    assert cap.try_take() == taken[0]
+    with pytest.raises(ValueError):
+        SharedInFlightCap(tmp_path / "cap0", 0)
+    assert in_flight_cap(tmp_path / "one", 3) is in_flight_cap(tmp_path / "one", 3)
+
+
+def test_forked_processes_never_hold_more_than_the_cap(tmp_path: Path) -> None:
+    cap = in_flight_cap(tmp_path / "cap", 2)
+    log = tmp_path / "spans.jsonl"
+
+    async def work(n: int) -> None:
+        async def one() -> None:
+            async with cap.hold():
+                start = time.time()
+                await asyncio.sleep(0.03)
+                with open(log, "a") as f:
+                    f.write(json.dumps([start, time.time()]) + "\n")
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+    held_by_parent = cap.try_take()  # a slot the parent holds while its children run
+    children = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            asyncio.run(work(4))
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    spans = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+    assert len(spans) == 12
+    assert _overlap(spans) == 1  # the parent's slot left one for all three children together
+    cap.give_back(held_by_parent)  # type: ignore[arg-type]
+
+
+def test_a_dead_process_leaves_no_slot_taken(tmp_path: Path) -> None:
+    path = tmp_path / "cap"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        child_cap = SharedInFlightCap(path, 1)
+        child_cap.try_take()
+        os._exit(0)  # dies holding it
+    os.waitpid(pid, 0)
+    assert SharedInFlightCap(path, 1).try_take() == 0
+
+
+def test_a_fanout_holds_a_slot_for_an_attempt_only(tmp_path: Path) -> None:
+    cap = SharedInFlightCap(tmp_path / "cap", 2)
+    lock = threading.Lock()
+    now = [0]
+    peak = [0]
+
+    def call() -> int:
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.02)
+        with lock:
+            now[0] -= 1
+        return 1
+
+    fan = FanOut(FanOutSettings(max_parallel=8), task="T", in_flight=cap)
+    assert fan.map([call] * 10) == [1] * 10
+    assert peak[0] == 2 and cap.in_use_here() == 0
+
+
+def test_max_in_flight_is_checked_before_anything_runs(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_concurrency(luigi_config, max_in_flight=-1)
+    with pytest.raises(ConfigError, match=r"max_in_flight = -1 is not allowed: expected an integer in 0..4096"):
+        load_settings()
+
+
+@pytest.mark.slow
+def test_the_cap_holds_from_the_servers_side_across_four_workers(
+    http_reference: Path,
+    sim_server_factory: Callable[..., SimServer],
+    new_run_dir: Callable[[str], Path],
+    run_pipeline: PipelineRunner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = sim_server_factory(latency=0.03)
+    monkeypatch.setenv("PLANEXE_SIMLLM_URL", server.url)
+    run_dir = new_run_dir("capped")
+    assert run_pipeline(run_dir, concurrent=True, workers=4, fast=True, llm_models=("simulated-http",), max_parallel=8, max_in_flight=2)
+    assert differing_files(http_reference, run_dir, lenient=True) == []
+    assert server.peak_in_flight() == 2  # never more, and the cap was met: calls were ready to overlap
+    assert (run_dir.parent / ".planexe_concurrency" / run_dir.name / "in_flight.slots").exists()
+
+
+def test_without_a_cap_the_same_run_has_more_in_flight(
+    http_reference: Path,
+    sim_server_factory: Callable[..., SimServer],
+    new_run_dir: Callable[[str], Path],
+    run_pipeline: PipelineRunner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The control for the test above: the pipeline does put more than two calls in flight."""
+    server = sim_server_factory(latency=0.03)
+    monkeypatch.setenv("PLANEXE_SIMLLM_URL", server.url)
+    run_dir = new_run_dir("uncapped")
+    assert run_pipeline(run_dir, concurrent=True, workers=4, fast=True, llm_models=("simulated-http",), max_parallel=8)
+    assert server.peak_in_flight() > 2
