@@ -269,6 +269,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if info.summary and info.state != RUNNING:
         data = dict(info.summary)
         data["longest"] = tuple(tuple(pair) for pair in data.get("longest", ()))
+        data["carried_on"] = tuple(data.get("carried_on", ()))
         report = sorted(Path(info.run_dir).glob("*report.html"))
         timeline = state_dir / "timeline.html"
         lines = summary_lines(

@@ -287,6 +287,12 @@ def summary_lines(
                 f"(estimated from this run's calls and tasks); {summary.from_critical_path:.2f}x its tasks' critical path "
                 f"({summary.critical_path:.1f}s)"
             )
+        if summary.carried_on:
+            lines.append(
+                f"  {len(summary.carried_on)} call(s) given up in tasks that went on without them (PlanExe skips such an "
+                f"item, so its files lack that part): " + ", ".join(summary.carried_on[:5])
+                + (f" and {len(summary.carried_on) - 5} more" if len(summary.carried_on) > 5 else "")
+            )
         if summary.longest:
             lines.append("  longest tasks: " + ", ".join(f"{task} {seconds:.1f}s" for task, seconds in summary.longest))
         lines.append(f"  outputs: {run_dir}" + (f"   report: {report}" if report else ""))

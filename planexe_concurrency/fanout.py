@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 from tenacity import RetryCallState
 
 from .config import FanOutSettings
-from .events import EventBus, ItemEvent, ItemState, Listener, make_event
+from .events import EventBus, ItemEvent, ItemState, Listener, make_event, one_line
 from .ratelimit import RequestPacer, SharedInFlightCap, SharedSlotFile
 from .resume import ItemCache
 from .retry import build_retrying
@@ -84,12 +84,13 @@ class FanOutError(RuntimeError):
 class ItemContext:
     """What one item's job gets: its identity, and :meth:`call` to make a limited, retried call."""
 
-    __slots__ = ("index", "label", "attempts", "_run")
+    __slots__ = ("index", "label", "attempts", "errors", "_run")
 
     def __init__(self, run: "_Run", index: int, label: str) -> None:
         self.index = index
         self.label = label
         self.attempts = 0
+        self.errors: list[str] = []  # every failed attempt's error, for the line that gives the call up
         self._run = run
 
     async def call(self, fn: Callable[[], T]) -> T:
@@ -226,7 +227,11 @@ class _Run:
                     async with self._in_flight_slot():
                         ctx.attempts += 1
                         self.emit(ctx.index, ItemState.RUNNING, attempt=ctx.attempts, label=ctx.label)
-                        result = await self.loop.run_in_executor(self.pool, fn)
+                        try:
+                            result = await self.loop.run_in_executor(self.pool, fn)
+                        except Exception as exc:
+                            ctx.errors.append(f"{ctx.attempts}) {type(exc).__name__}: {exc}")
+                            raise
         return result  # type: ignore[possibly-undefined]  # reraise=True: we get here only on success
 
     def _in_flight_slot(self) -> Any:
@@ -252,9 +257,11 @@ class _Run:
             self.emit(index, ItemState.CANCELLED, label=label, attempt=ctx.attempts)
             raise
         except BaseException as exc:
+            # Given up: one line (the listener logs it at WARNING) with every attempt's error.
+            tried = f" [every attempt: {'; '.join(ctx.errors)}]" if len(ctx.errors) > 1 else ""
             self.emit(
                 index, ItemState.FAILED, label=label, attempt=ctx.attempts,
-                duration=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}"[:500],
+                duration=time.perf_counter() - started, error=one_line(f"{type(exc).__name__}: {exc}")[:500] + tried[:1500],
             )
             raise
         self.emit(index, ItemState.COMPLETED, label=label, attempt=ctx.attempts, duration=time.perf_counter() - started)

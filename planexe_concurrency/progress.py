@@ -138,6 +138,7 @@ class Snapshot:
     failed_task: str = ""
     failed_item: str = ""
     failed_error: str = ""
+    carried_on: tuple[str, ...] = ()  # calls given up in tasks that then succeeded (PlanExe went on without them)
 
 
 class RunProgress:
@@ -159,6 +160,7 @@ class RunProgress:
         self.cached = 0
         self._failed_tasks: list[tuple[str, str]] = []  # (task, error) in the order they failed
         self._failed_items: dict[str, tuple[str, str]] = {}  # task -> (item, error) of its first failed call
+        self._given_up: list[tuple[str, str]] = []  # (task, item) of every call given up
 
     def _since(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """This run's records: the files keep an earlier, resumed run's lines too."""
@@ -190,10 +192,12 @@ class RunProgress:
                 self.cached += 1
             elif state == ItemState.COMPLETED.value:
                 self._call_durations.append(float(rec.get("duration", 0.0)))
-            if state == ItemState.FAILED.value and key[1] not in self._failed_items:
+            if state == ItemState.FAILED.value:
                 item = f"{int(rec.get('item', 0)) + 1}/{int(rec.get('total', 0))}"
                 label = rec.get("label", "")
-                self._failed_items[key[1]] = (f"{item} ({label})" if label else item, rec.get("error", ""))
+                where = f"{item} ({label})" if label else item
+                self._given_up.append((key[1], where))
+                self._failed_items.setdefault(key[1], (where, rec.get("error", "")))
 
     def poll(self, now: float | None = None) -> Snapshot:
         now = time.time() if now is None else now
@@ -237,6 +241,7 @@ class RunProgress:
             calls_failed=states.count(ItemState.FAILED.value),
             calls_cached=self.cached,
             eta=self._eta(graph, finished, running, now) if state == RUNNING else 0.0,
+            carried_on=tuple(f"{task} item {item}" for task, item in self._given_up if task in finished),
             **self._failure(),
         )
 
@@ -301,6 +306,7 @@ class RunSummary:
     failed_task: str = ""
     failed_item: str = ""
     failed_error: str = ""
+    carried_on: tuple[str, ...] = ()
 
     @property
     def speed_up(self) -> float:
@@ -342,4 +348,5 @@ def summarise(state_dir: str | os.PathLike[str], wall: float, state: str) -> Run
         failed_task=snap.failed_task,
         failed_item=snap.failed_item,
         failed_error=snap.failed_error,
+        carried_on=snap.carried_on,
     )

@@ -125,13 +125,19 @@ def build_retrying(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     before_sleep: Callable[[RetryCallState], Any] | None = None,
 ) -> AsyncRetrying:
-    """A tenacity controller: retry transient errors up to ``policy.attempts`` tries, re-raising the last error."""
+    """A tenacity controller: retry transient errors up to ``policy.attempts`` tries and while
+    ``policy.total_seconds`` allow (no retry that would start later), re-raising the last error."""
 
     def should_retry(exc: BaseException) -> bool:
         return not isinstance(exc, never_retry) and is_transient(exc)
 
+    stop: Any = tenacity.stop_after_attempt(policy.attempts)
+    if policy.total_seconds > 0:
+        # tenacity >= 8.4: stop before a retry that would start after the budget; older: after it.
+        before_delay = getattr(tenacity, "stop_before_delay", tenacity.stop_after_delay)
+        stop = stop | before_delay(policy.total_seconds)
     return AsyncRetrying(
-        stop=tenacity.stop_after_attempt(policy.attempts),
+        stop=stop,
         wait=wait_backoff_or_retry_after(policy),
         retry=tenacity.retry_if_exception(should_retry),
         reraise=True,

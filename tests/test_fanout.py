@@ -258,6 +258,35 @@ def test_retry_waits_honour_retry_after_and_backoff() -> None:
     assert waits == [7.0, 1.0]  # Retry-After wins over 0.5; then 0.5 * 2
 
 
+def test_a_call_given_up_names_every_attempts_error() -> None:
+    events: list[ItemEvent] = []
+    tries = {"n": 0}
+
+    def fn() -> None:
+        tries["n"] += 1
+        raise Transient(f"503 number {tries['n']}")
+
+    with pytest.raises(ItemFailedError):
+        FanOut(settings(), task="T", listeners=[events.append]).map([fn], labels=["lens 3"])
+    (failed,) = [e for e in events if e.state is ItemState.FAILED]
+    assert failed.error.startswith("Transient: 503 number 3 [every attempt: 1) Transient: 503 number 1; 2) ")
+    assert failed.error.endswith("3) Transient: 503 number 3]") and failed.label == "lens 3"
+
+
+def test_no_retry_starts_after_the_calls_time_budget() -> None:
+    tries = {"n": 0}
+
+    def fn() -> None:
+        tries["n"] += 1
+        raise Transient("down")
+
+    policy = RetryPolicy(attempts=10, backoff_base=0.1, backoff_max=0.1, jitter=0, total_seconds=0.25)
+    with pytest.raises(ItemFailedError):
+        FanOut(FanOutSettings(retry=policy), task="T").map([fn])
+    # tries at 0, 0.1 and 0.2 s; the next would start after the 0.25 s budget (a slow machine: 2 tries)
+    assert 2 <= tries["n"] <= 3
+
+
 def test_rate_limit_spaces_request_starts() -> None:
     events: list[ItemEvent] = []
     rpm = 600  # one every 0.1 s

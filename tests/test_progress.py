@@ -313,3 +313,16 @@ def test_a_host_lists_the_tasks_it_runs_and_counts_the_whole_run(state_dir: Path
     here = RunProgress(state_dir, host="here").poll()
     assert [r.task for r in here.running] == ["B"] and here.tasks_done == 1
     assert sorted(r.task for r in RunProgress(state_dir).poll().running) == ["B", "C"]
+
+
+def test_calls_given_up_in_a_task_that_went_on_are_named_in_the_summary(state_dir: Path) -> None:
+    t0 = time.time()
+    RunInfo(run_dir=str(state_dir), graph={"Lenses": []}, started=t0, state=DONE, ended=t0 + 2).write(state_dir)
+    _task(state_dir, "Lenses", "start", t0)
+    _call(state_dir, "Lenses", 0, ItemState.COMPLETED, t0 + 0.5, duration=0.5)
+    _call(state_dir, "Lenses", 1, ItemState.FAILED, t0 + 0.6, error="RateLimitError: 429")
+    _task(state_dir, "Lenses", "success", t0 + 1)
+    summary = summarise(state_dir, 2.0, DONE)
+    assert summary.carried_on == ("Lenses item 2/2 (call 2)",)
+    lines = summary_lines(summary, run_dir=Path("/r"), report=None, log_file=Path("/l"), timeline=None, resume="x")
+    assert any(line.startswith("  1 call(s) given up in tasks that went on without them") and line.endswith("Lenses item 2/2 (call 2)") for line in lines)
