@@ -274,7 +274,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         timeline = state_dir / "timeline.html"
         lines = summary_lines(
             RunSummary(**data), run_dir=Path(info.run_dir), report=report[-1] if report else None,
-            log_file=state_dir / LOG_FILE, timeline=timeline if timeline.exists() else None,
+            log_file=next((p for p in (state_dir / LOG_FILE, Path(info.run_dir) / LOG_FILE) if p.exists()), None),
+            timeline=timeline if timeline.exists() else None,
             resume=" ".join(info.command),
         )
         print("\n".join(lines), flush=True)

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import sys
 import gc
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -238,6 +239,8 @@ def _watched(root: luigi.Task, n_workers: int) -> Iterator[None]:
     PlanExe's console handlers show warnings only while the live display draws (its log file
     still gets every line). Elsewhere (a service, CI) one plain progress line per interval.
     """
+    from planexe_concurrency.progress import CONSOLE_FILE
+
     from .watch import start_watch
 
     if logging.getLogger().handlers:
@@ -247,12 +250,15 @@ def _watched(root: luigi.Task, n_workers: int) -> Iterator[None]:
     plain = None if live else (lambda line: logger.info("%s", line))
     watch = start_watch(root, workers=n_workers, command=getattr(sys, "orig_argv", sys.argv), live=live,
                         interval=progress_interval(), plain_printer=plain)
+    if quieted:
+        _relay_forked_console(watch.state_dir / CONSOLE_FILE, [handler for handler, _ in quieted])
     started = time.perf_counter()
     ok = False
     try:
         yield
         ok = bool(root.complete())
     finally:
+        _relay_forked_console(None, [])
         _, lines = watch.finish(ok, time.perf_counter() - started, stopped=_stop_flag_raised(root))
         for handler, level in quieted:
             handler.setLevel(level)
@@ -261,6 +267,52 @@ def _watched(root: luigi.Task, n_workers: int) -> Iterator[None]:
                 print(line, file=sys.stderr, flush=True)
             else:
                 logger.info("%s", line)
+
+
+class _LineRelay:
+    """A stream for a forked worker's console handler: whole lines to the parent's ``console.log``,
+    which the parent prints above its display (a worker writing to the terminal would tear it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        if lines:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, ("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
+            finally:
+                os.close(fd)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_relay: dict[str, Any] = {"file": None, "handlers": []}
+_relay_lock = threading.Lock()
+
+
+def _relay_forked_console(console_file: Path | None, handlers: list[logging.Handler]) -> None:
+    """While a live display draws: PlanExe's console handlers, in every forked worker, write to
+    ``console_file`` instead of the terminal."""
+    with _relay_lock:
+        if not _relay.get("registered"):
+            os.register_at_fork(after_in_child=_relay_in_child)
+            _relay["registered"] = True
+        _relay["file"], _relay["handlers"] = console_file, list(handlers)
+
+
+def _relay_in_child() -> None:
+    target = _relay["file"]
+    if target is None:
+        return
+    for handler in _relay["handlers"]:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(_LineRelay(target))  # type: ignore[arg-type]
 
 
 def progress_interval(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:

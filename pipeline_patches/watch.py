@@ -29,6 +29,8 @@ from .rundir import state_dir_for
 
 logger = logging.getLogger("planexe_concurrency")
 
+_events_file_we_set: dict[str, str] = {}  # the events_file start_watch set last (only the parent sets it)
+
 
 def complete_families(root: luigi.Task) -> list[str]:
     """Tasks already complete before the build (a resume): counted as done from the start."""
@@ -69,8 +71,12 @@ class WatchedRun:
         return Path(self.root.run_id_dir)
 
     @property
-    def log_file(self) -> Path:
-        return self.state_dir / LOG_FILE
+    def log_file(self) -> Path | None:
+        """Ours (``run``), or PlanExe's own (its entry points keep their logging), if there is one."""
+        for path in (self.state_dir / LOG_FILE, self.run_dir / LOG_FILE):
+            if path.exists():
+                return path
+        return None
 
     def finish(self, ok: bool, wall: float, stopped: bool = False) -> tuple[RunSummary, list[str]]:
         if self.reporter is not None:
@@ -115,8 +121,12 @@ def start_watch(
     state_dir = state_dir_for(run_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / CONSOLE_FILE).unlink(missing_ok=True)
-    if not read_config().events_file:
-        set_config_values({"events_file": str(state_dir / EVENTS_FILE)})
+    # This run's events file, unless the user named one. A long-lived process (PlanExe's database
+    # worker runs plan after plan) must not keep the previous run's: what we set, we set again.
+    configured = read_config().events_file
+    if not configured or configured == _events_file_we_set.get("path"):
+        _events_file_we_set["path"] = str(state_dir / EVENTS_FILE)
+        set_config_values({"events_file": _events_file_we_set["path"]})
     stop_recording = record_task_events(state_dir / TASKS_FILE)
     argv = list(command) if command is not None else list(sys.argv)
     info = RunInfo(

@@ -188,7 +188,7 @@ class ProgressReporter:
         interval: float = 10.0,
         title: str = "",
         plain_printer: Callable[[str], None] | None = None,
-        tick: float = 0.25,
+        tick: float | None = None,
         host: str | None = None,
     ) -> None:
         self.stream = stream or sys.stderr
@@ -198,7 +198,8 @@ class ProgressReporter:
         self.progress = RunProgress(state_dir, host=host)
         self._console_tail = JsonlTail(Path(state_dir) / CONSOLE_FILE)
         self._plain_printer = plain_printer or self._write_line
-        self._tick = tick
+        # The parent that draws is Luigi's scheduler too: look at the files only as often as needed.
+        self._tick = tick if tick is not None else 0.25 if self.live else min(1.0, max(0.05, interval / 4))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -271,7 +272,7 @@ class ProgressReporter:
 
 
 def summary_lines(
-    summary: RunSummary, *, run_dir: Path, report: Path | None, log_file: Path, timeline: Path | None, resume: str
+    summary: RunSummary, *, run_dir: Path, report: Path | None, log_file: Path | None, timeline: Path | None, resume: str
 ) -> list[str]:
     """The end of a run, in a few lines: how it went, how fast, where everything is."""
     from .events import one_line
@@ -304,5 +305,7 @@ def summary_lines(
         if summary.failed_error:
             lines.append(f"  error: {one_line(summary.failed_error)[:300]}")
         lines.append(f"  resume with: {resume}")
-    lines.append(f"  log: {log_file}" + (f"   timeline: {timeline}" if timeline else ""))
+    where = ([f"log: {log_file}"] if log_file else []) + ([f"timeline: {timeline}"] if timeline else [])
+    if where:
+        lines.append("  " + "   ".join(where))
     return lines

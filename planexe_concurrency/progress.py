@@ -147,6 +147,7 @@ class RunProgress:
     def __init__(self, state_dir: str | os.PathLike[str], info: RunInfo | None = None, host: str | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.info = info
+        self._info_stamp = -1
         self.host = host  # list only this host's running tasks (luigid, several hosts); None: every host's
         self._tasks = JsonlTail(self.state_dir / TASKS_FILE)
         self._events = JsonlTail(self.state_dir / EVENTS_FILE)
@@ -161,6 +162,17 @@ class RunProgress:
         self._failed_tasks: list[tuple[str, str]] = []  # (task, error) in the order they failed
         self._failed_items: dict[str, tuple[str, str]] = {}  # task -> (item, error) of its first failed call
         self._given_up: list[tuple[str, str]] = []  # (task, item) of every call given up
+
+    def _read_info(self) -> RunInfo | None:
+        """``run.json``, parsed again only when it changed (it holds the whole graph)."""
+        try:
+            stamp = (self.state_dir / RUN_FILE).stat().st_mtime_ns
+        except FileNotFoundError:
+            return self.info
+        if stamp != self._info_stamp:
+            self.info = RunInfo.read(self.state_dir) or self.info
+            self._info_stamp = stamp
+        return self.info
 
     def _since(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """This run's records: the files keep an earlier, resumed run's lines too."""
@@ -201,8 +213,7 @@ class RunProgress:
 
     def poll(self, now: float | None = None) -> Snapshot:
         now = time.time() if now is None else now
-        info = RunInfo.read(self.state_dir) or self.info
-        self.info = info
+        info = self._read_info()
         self._fold_tasks()
         self._fold_events()
         graph = info.graph if info else {}

@@ -34,6 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o644)  # as open() would make it (mkstemp's 0600 would hide it from other users' status)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
