@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from pipeline_patches.rundir import state_dir_for
+
 from conftest import FIXED_START_TIME
 from pipeline_patches.planexe_double import DOUBLE_ROOT
 from pipeline_patches.rundir import STATE_DIR_NAME
@@ -249,3 +251,9 @@ def test_two_worker_processes_three_requests_each_processed_once(
     for output in outputs:
         assert database_errors(output) == [] and raised(output) == []
     assert postgres_server.problems_since(log_offset) == []
+    # one worker ran two plans in one process: each plan's calls are in that plan's own files
+    from planexe_concurrency.progress import RunInfo
+
+    for r in result:
+        info = RunInfo.read(state_dir_for(tmp_path / "runs" / r.id))
+        assert info is not None and info.state == "done" and info.summary["calls_answered"] > 10, r.id
