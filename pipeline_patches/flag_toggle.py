@@ -359,3 +359,8 @@ def install(namespace: dict[str, Any]) -> None:
     workers_from_env()  # a bad PLANEXE_WORKERS fails here, before anything runs
     progress_interval()
     namespace["luigi"] = _LuigiWithConcurrentBuild()
+    plan_task = namespace.get("PlanTask")
+    if isinstance(plan_task, type):  # before PlanExe builds its tasks: no "not of type string" warnings
+        from .base import declare_parameter_types
+
+        declare_parameter_types(plan_task)

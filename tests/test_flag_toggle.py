@@ -82,12 +82,14 @@ def test_patched_entry_point_flag_off_is_planexe_and_flag_on_is_concurrent(patch
     assert "planexe-concurrency" not in proc.stdout + proc.stderr
     # PlanExe's console handler and the one Luigi adds beside it: each Luigi line twice
     assert (proc.stdout + proc.stderr).count("Done scheduling tasks") == 2
+    assert "is not of type string" in proc.stdout + proc.stderr  # PlanExe's own parameters, as declared
 
     on = write_start_files(tmp_path / "on")
     proc = _run("worker_plan_internal.plan.run_plan_pipeline", on, [patched_copy, REPO], PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS="3")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "luigi.build with 3 workers" in proc.stdout + proc.stderr
     assert (proc.stdout + proc.stderr).count("Done scheduling tasks") == 1  # once, through PlanExe's handlers
+    assert "is not of type string" not in proc.stdout + proc.stderr  # re-declared before PlanExe builds its tasks
     assert (on / "log.txt").read_text().count("Done scheduling tasks") == 1
     assert "planexe-concurrency: done in" in proc.stdout  # the summary, through PlanExe's logging
     status = subprocess.run(
