@@ -19,12 +19,12 @@ from typing import Any, Callable
 
 import luigi
 
-from planexe_concurrency.config import FanOutSettings, read_config, settings_from_config, validate
+from planexe_concurrency.config import FanOutSettings, in_flight_limit, read_config, settings_from_config, validate
 from planexe_concurrency.events import default_listeners
 from planexe_concurrency.fanout import FanOut, ItemFailedError
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
 from planexe_concurrency.ratelimit import (
-    SharedInFlightCap, SharedSlotFile, in_flight_cap, pace_llm_requests, stop_pacing_llm_requests,
+    SharedInFlightCap, SharedSlotFile, adaptive_in_flight_cap, in_flight_cap, pace_llm_requests, stop_pacing_llm_requests,
 )
 from planexe_concurrency.resume import StartMarks
 
@@ -91,7 +91,8 @@ def in_flight_cap_for(task: luigi.Task) -> SharedInFlightCap | None:
     budget (so they share the cap too); else in our folder beside the run directory.
     """
     cfg = read_config()
-    if cfg.max_in_flight <= 0:
+    limit = in_flight_limit(cfg)
+    if limit == 0:
         return None
     if cfg.in_flight_file:
         path = Path(cfg.in_flight_file)
@@ -99,7 +100,7 @@ def in_flight_cap_for(task: luigi.Task) -> SharedInFlightCap | None:
         path = Path(f"{cfg.rate_limit_file}.in_flight")
     else:
         path = state_dir_of(task) / IN_FLIGHT_FILE_NAME
-    return in_flight_cap(path, cfg.max_in_flight)
+    return adaptive_in_flight_cap(path) if limit == "auto" else in_flight_cap(path, int(limit))
 
 
 def fanout_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = True) -> FanOut:

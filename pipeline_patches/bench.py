@@ -121,7 +121,14 @@ def run_pipeline(
     env: dict[str, str],
     extra: Sequence[str] = (),
     fidelity: str = "exact",
+    settings: dict[str, Any] | None = None,
 ) -> RunResult:
+    if settings:
+        # [planexe_concurrency] values for this run only, through Luigi's own config file
+        cfg = run_dir.parent / f"{run_dir.name}.cfg"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text("[planexe_concurrency]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()), encoding="utf-8")
+        env = {**env, "LUIGI_CONFIG_PATH": str(cfg)}
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -259,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default=sys.executable, help="the Python to run the pipeline with (PlanExe's venv for --planexe)")
     p.add_argument("--extra", default="", help="extra arguments for 'planexe-concurrency run' of the concurrent runs")
     p.add_argument("--relaxed", action="store_true", help="also run the concurrent configuration with fidelity = relaxed")
+    p.add_argument(
+        "--provider-slots", type=_csv_ints,
+        help="e.g. 1,2,4,8: instead of the before/after table, one table of a provider that serves K requests at a time",
+    )
+    p.add_argument("--provider-mode", choices=("queue", "refuse"), default="queue",
+                   help="beyond K: queue (Ollama, llama.cpp) or refuse with 429 (a hosted key's concurrency limit)")
     return p
 
 
@@ -297,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     extra = args.extra.split()
+    if args.provider_slots:
+        return provider_limits(args, argv)
     with SimServer(SimServerConfig(latency=args.latency, log_path=str(args.out / "requests.jsonl"))) as server:
         env = _environment(args, server)
         common = dict(speed=args.speed, server=server, python=args.python, env=env)
@@ -363,6 +378,78 @@ def main(argv: Sequence[str] | None = None) -> int:
             writer.writerows(rows)
         _try_png(lambda: sweep_png(args.out / "sweep.png", rows))
     return 0 if all(r.ok for r in everything) and all(identical.values()) else 1
+
+
+# Rows of the provider-limits table: label -> [planexe_concurrency] settings (K is filled in).
+PROVIDER_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("exact, no cap", {}),
+    ("exact, max_in_flight = K", {"max_in_flight": "K"}),
+    ("exact, max_in_flight = K, FIFO", {"max_in_flight": "K", "critical_path_first": "false"}),
+    ("exact, max_in_flight = auto", {"max_in_flight": "auto"}),
+)
+
+
+def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """One table: a provider serving K requests at a time, for each K, against its bound.
+
+    The bound of a row is max(the full critical-path bound, the total call time of the
+    sequential run / K): K slots cannot finish the calls sooner than that.
+    """
+    lines = [
+        "| K | provider | run | wall (s) | speed-up | peak in flight (server) | refused (429) | bound (s) | vs bound | same files |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    ok = True
+    for k in args.provider_slots:
+        limits = {"slots": k} if args.provider_mode == "queue" else {"max_concurrent": k}
+        log_path = args.out / f"requests-k{k}.jsonl"
+        with SimServer(SimServerConfig(latency=args.latency, log_path=str(log_path), **limits)) as server:
+            env = _environment(args, server)
+            common = dict(speed=args.speed, server=server, python=args.python, env=env)
+            print(f"bench: K={k} sequential ...", flush=True)
+            reference = run_pipeline(f"K{k} sequential", args.out / f"k{k}-sequential", sequential=True, workers=1,
+                                     max_parallel=args.max_parallel, **common)
+            runs = []
+            for label, settings in PROVIDER_ROWS:
+                values = {key: (k if value == "K" else value) for key, value in settings.items()}
+                print(f"bench: K={k} {label} ...", flush=True)
+                slug = label.replace(",", "").replace(" = ", "-").replace(" ", "-")
+                runs.append(run_pipeline(f"K{k} {label}", args.out / f"k{k}-{slug}", sequential=False, workers=args.workers,
+                                         max_parallel=args.max_parallel, settings=values, **common))
+            log = server.log
+        b = compute_bounds(reference, log)
+        seq_calls = [r for r in _records_between(log, 0, float("inf")) if reference.run_dir and r.arrival <= _finished(reference)]
+        call_time = sum(r.end - r.start for r in seq_calls)
+        bound = max(b.full, call_time / k)
+        for r in [reference, *runs]:
+            refused = sum(1 for rec in log if rec.status == 429 and _within(rec, r))
+            same = "reference" if r is reference else (
+                "yes" if not differing_files(Path(reference.run_dir), Path(r.run_dir), lenient=args.planexe is not None) else "NO"
+            )
+            ok &= r.ok and same != "NO"
+            lines.append(
+                f"| {k} | {args.provider_mode} | {r.label.split(' ', 1)[1]} | {r.wall:.1f} | {reference.wall / r.wall:.2f}x | "
+                f"{r.peak_in_flight} | {refused} | {bound:.1f} | {r.wall / bound:.2f}x | {same} |"
+            )
+    command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = (
+        f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}, {args.workers} workers, "
+        f"max_parallel {args.max_parallel}).\n\n" + "\n".join(lines) + "\n\nBound: max(the full critical-path bound of the "
+        "sequential run, the sequential run's total call time / K). FIFO: critical_path_first = false (Luigi's order).\n"
+    )
+    print("\n" + report)
+    (args.out / "provider-limits.md").write_text(report, encoding="utf-8")
+    return 0 if ok else 1
+
+
+def _finished(run: RunResult) -> float:
+    spans = read_task_spans(state_dir_for(run.run_dir) / "tasks.jsonl")
+    return max(s.end for s in spans) if spans else float("inf")
+
+
+def _within(rec: RequestRecord, run: RunResult) -> bool:
+    spans = read_task_spans(state_dir_for(run.run_dir) / "tasks.jsonl")
+    return bool(spans) and min(s.start for s in spans) - 1 <= rec.arrival <= max(s.end for s in spans) + 1
 
 
 def _timelines(out: Path, runs: Sequence[RunResult]) -> None:

@@ -136,9 +136,10 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
     governance_parallel = luigi.BoolParameter(
         default=False, description="run governance phases 4-6 side by side after phase 3 (changes their prompts)"
     )
-    max_in_flight = luigi.IntParameter(
-        default=0,
-        description="LLM calls in flight at once for the whole run, every process and host together (0 = no cap)",
+    max_in_flight = luigi.Parameter(
+        default="0",
+        description="LLM calls in flight at once for the whole run, every process and host together "
+        "(0 = no cap; auto = find the provider's limit: start at 2, add while calls succeed, halve on 429/503/timeouts)",
     )
     in_flight_file = luigi.Parameter(
         default="", description="file shared by all processes (and hosts) that holds the max_in_flight slots"
@@ -218,10 +219,7 @@ def validate(cfg: planexe_concurrency, known_tasks: Iterable[str] | None = None)
             f"[{SECTION}] retry_backoff_max = {cfg.retry_backoff_max!r} is not allowed: "
             f"expected a number >= retry_backoff_base ({cfg.retry_backoff_base!r})"
         )
-    if isinstance(cfg.max_in_flight, bool) or not isinstance(cfg.max_in_flight, int) or not 0 <= cfg.max_in_flight <= 4096:
-        raise ConfigError(
-            f"[{SECTION}] max_in_flight = {cfg.max_in_flight!r} is not allowed: expected an integer in 0..4096 (0 = no cap)"
-        )
+    in_flight_limit(cfg)
     known = set(known_tasks) if known_tasks is not None else None
     for task, values in _overrides_dict(cfg.task_overrides).items():
         if known is not None and task not in known:
@@ -235,6 +233,22 @@ def validate(cfg: planexe_concurrency, known_tasks: Iterable[str] | None = None)
                     f"allowed: {', '.join(sorted(OVERRIDABLE))}"
                 )
             _check(name, value, f"[{SECTION}] task_overrides[{task!r}].")
+
+
+def in_flight_limit(cfg: planexe_concurrency) -> int | str:
+    """``max_in_flight`` as 0 (no cap), a number of calls, or ``"auto"``; ConfigError otherwise."""
+    raw = str(cfg.max_in_flight).strip().lower()
+    if raw == "auto":
+        return "auto"
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 4096:
+        raise ConfigError(
+            f"[{SECTION}] max_in_flight = {cfg.max_in_flight} is not allowed: expected an integer in 0..4096 (0 = no cap) or auto"
+        )
+    return value
 
 
 def settings_from_config(cfg: planexe_concurrency, task: str | None = None) -> FanOutSettings:

@@ -135,7 +135,7 @@ def plain_line(snap: Snapshot) -> str:
         f"planexe-concurrency: {snap.state}: {snap.tasks_done}/{snap.tasks_total} tasks"
         f"{f' ({snap.tasks_failed} failed)' if snap.tasks_failed else ''}, "
         f"LLM calls {snap.calls_answered} answered, {snap.calls_in_flight} in flight, {snap.calls_retried} retried, "
-        f"{snap.calls_failed} failed, {_clock(snap.elapsed)} elapsed{left}"
+        f"{snap.calls_failed} failed{f' (cap {snap.limit})' if snap.limit else ''}, {_clock(snap.elapsed)} elapsed{left}"
     )
 
 
@@ -154,7 +154,7 @@ def live_renderable(snap: Snapshot, title: str = "") -> Any:
     )
     calls = Text(
         f"LLM calls: {snap.calls_answered} answered · {snap.calls_in_flight} in flight · "
-        f"{snap.calls_retried} retried · {snap.calls_failed} failed"
+        f"{snap.calls_retried} retried · {snap.calls_failed} failed" + (f" · cap {snap.limit}" if snap.limit else "")
     )
     lines: list[Any] = [Text(title, style="dim")] if title else []
     lines += [head, calls]

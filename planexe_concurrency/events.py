@@ -45,6 +45,7 @@ class ItemEvent:
     label: str = ""
     cached: bool = False
     error: str = ""
+    limit: int = 0  # the run's cap on calls in flight when this attempt started (0: none)
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
@@ -118,12 +119,14 @@ class JsonlEventLog:
 
 def read_events(path: str | os.PathLike[str]) -> list[ItemEvent]:
     """Parse a file written by :class:`JsonlEventLog` (benchmarks, tests, timelines)."""
+    known = set(ItemEvent.__dataclass_fields__)
     events = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():
             data = json.loads(line)
             data["state"] = ItemState(data["state"])
-            events.append(ItemEvent(**data))
+            # a field a newer version added (a run resumed by an older one, a status from elsewhere)
+            events.append(ItemEvent(**{k: v for k, v in data.items() if k in known}))
     return events
 
 

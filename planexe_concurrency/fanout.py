@@ -39,9 +39,9 @@ from tenacity import RetryCallState
 
 from .config import FanOutSettings
 from .events import EventBus, ItemEvent, ItemState, Listener, make_event, one_line
-from .ratelimit import RequestPacer, SharedInFlightCap, SharedSlotFile
+from .ratelimit import RequestPacer, SharedInFlightCap, SharedSlotFile, is_overload
 from .resume import ItemCache
-from .retry import build_retrying
+from .retry import build_retrying, retry_after_seconds
 
 logger = logging.getLogger("planexe_concurrency")
 
@@ -226,12 +226,18 @@ class _Run:
                     await self.pacer.acquire()
                     async with self._in_flight_slot():
                         ctx.attempts += 1
-                        self.emit(ctx.index, ItemState.RUNNING, attempt=ctx.attempts, label=ctx.label)
+                        cap = self.fan.in_flight
+                        limit = {"limit": cap.current_limit()} if cap is not None else {}
+                        self.emit(ctx.index, ItemState.RUNNING, attempt=ctx.attempts, label=ctx.label, **limit)
                         try:
                             result = await self.loop.run_in_executor(self.pool, fn)
                         except Exception as exc:
                             ctx.errors.append(f"{ctx.attempts}) {type(exc).__name__}: {exc}")
+                            if cap is not None and is_overload(exc):
+                                cap.overloaded(retry_after_seconds(exc))
                             raise
+                        if cap is not None:
+                            cap.succeeded()
         return result  # type: ignore[possibly-undefined]  # reraise=True: we get here only on success
 
     def _in_flight_slot(self) -> Any:

@@ -139,6 +139,7 @@ class Snapshot:
     failed_item: str = ""
     failed_error: str = ""
     carried_on: tuple[str, ...] = ()  # calls given up in tasks that then succeeded (PlanExe went on without them)
+    limit: int = 0  # max_in_flight as the latest call saw it (auto: the adapted limit); 0 = no cap
 
 
 class RunProgress:
@@ -159,6 +160,7 @@ class RunProgress:
         self._call_durations: list[float] = []
         self.retried = 0
         self.cached = 0
+        self.limit = 0  # the run's cap on calls in flight, as the latest call saw it (0: none)
         self._failed_tasks: list[tuple[str, str]] = []  # (task, error) in the order they failed
         self._failed_items: dict[str, tuple[str, str]] = {}  # task -> (item, error) of its first failed call
         self._given_up: list[tuple[str, str]] = []  # (task, item) of every call given up
@@ -199,6 +201,8 @@ class RunProgress:
             key = (int(rec.get("pid", 0)), rec.get("task", ""), rec.get("label", ""), int(rec.get("item", 0)))
             if state == ItemState.RUNNING.value and int(rec.get("attempt", 0)) > 1:
                 self.retried += 1
+            if state == ItemState.RUNNING.value and rec.get("limit"):
+                self.limit = int(rec["limit"])
             self._calls[key] = (state, float(rec.get("time", 0.0)))
             if state == ItemState.COMPLETED.value and rec.get("cached"):
                 self.cached += 1
@@ -253,6 +257,7 @@ class RunProgress:
             calls_cached=self.cached,
             eta=self._eta(graph, finished, running, now) if state == RUNNING else 0.0,
             carried_on=tuple(f"{task} item {item}" for task, item in self._given_up if task in finished),
+            limit=self.limit,
             **self._failure(),
         )
 

@@ -221,6 +221,15 @@ class SharedInFlightCap:
         with self._lock:
             return len(self._held)
 
+    def current_limit(self) -> int:
+        return self.limit
+
+    def succeeded(self) -> None:
+        """A call went through (an adaptive cap grows; a fixed one does nothing)."""
+
+    def overloaded(self, retry_after: float | None = None) -> None:
+        """The provider turned a call away for load (an adaptive cap shrinks; a fixed one does nothing)."""
+
     async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> int:
         """Wait for a slot: poll, with jitter so processes waiting together do not move in step."""
         while True:
@@ -259,3 +268,111 @@ def in_flight_cap(path: str | os.PathLike[str], limit: int) -> SharedInFlightCap
         if cap is None:
             cap = _caps[key] = SharedInFlightCap(path, limit)
         return cap
+
+
+# -- max_in_flight = auto: the cap finds the provider's limit (AIMD) -----------------------
+
+AUTO_START = 2
+AUTO_CEILING = 32
+
+
+class AdaptiveInFlightCap(SharedInFlightCap):
+    """A :class:`SharedInFlightCap` whose limit adapts, as TCP's congestion window does (AIMD).
+
+    It starts at ``start`` slots. Each call that succeeds adds ``1/limit`` (one slot more per
+    round of ``limit`` successes); a call the provider turned away for load (429, 503, a
+    timeout) halves the limit, at most once per ``cooldown`` seconds so one burst of refusals
+    counts once. A ``Retry-After`` holds every process's new calls until it has passed, not only
+    the call that got it. The limit and the hold live in ``<file>.limit`` (under ``flock``), so
+    every process and host adapts one limit together.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], ceiling: int = AUTO_CEILING, start: int = AUTO_START,
+        poll: float = 0.005, cooldown: float = 1.0, clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(path, ceiling, poll)
+        self.state_path = Path(f"{self.path}.limit")
+        self.start = float(min(start, ceiling))
+        self.cooldown = cooldown
+        self._clock = clock
+        self._cached: tuple[float, float, float] = (0.0, 0.0, -1.0)  # limit, held until, read at
+
+    def _update(self, change: Callable[[float, float, float], tuple[float, float, float]] | None) -> tuple[float, float, float]:
+        """Read (and, with ``change``, rewrite) ``limit, held_until, last_cut`` under the file lock."""
+        fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if change else fcntl.LOCK_SH)
+            raw = os.pread(fd, 24, 0)
+            state = struct.unpack("<ddd", raw) if len(raw) == 24 else (self.start, 0.0, 0.0)
+            if change is not None:
+                state = change(*state)
+                os.pwrite(fd, struct.pack("<ddd", *state), 0)
+            return state  # type: ignore[return-value]
+        finally:
+            os.close(fd)
+
+    def current_limit(self) -> int:
+        return self._allowed()[0]
+
+    def _allowed(self) -> tuple[int, float]:
+        now = self._clock()
+        limit, held_until, read_at = self._cached
+        if now - read_at > 0.05:  # every process re-reads the shared limit often, not on every poll
+            limit, held_until, _ = self._update(None)
+            self._cached = (limit, held_until, now)
+        return max(1, int(limit)), held_until - now
+
+    def try_take(self) -> int | None:
+        allowed, hold = self._allowed()
+        if hold > 0:
+            return None
+        with self._lock:
+            for slot in range(allowed):
+                if slot in self._held:
+                    continue
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
+                except OSError:
+                    continue
+                self._held.add(slot)
+                return slot
+        return None
+
+    def succeeded(self) -> None:
+        ceiling = float(self.limit)
+        self._cached = self._update(lambda limit, held, cut: (min(ceiling, limit + 1.0 / max(1.0, limit)), held, cut))
+
+    def overloaded(self, retry_after: float | None = None) -> None:
+        now = self._clock()
+
+        def cut(limit: float, held: float, last_cut: float) -> tuple[float, float, float]:
+            if retry_after:
+                held = max(held, now + retry_after)
+            if now - last_cut >= self.cooldown:
+                return max(1.0, limit / 2.0), held, now
+            return limit, held, last_cut
+
+        self._cached = self._update(cut)
+
+
+def is_overload(exc: BaseException) -> bool:
+    """A provider turning a call away for load: 429, 503, 529 or a timeout (not a bad request)."""
+    from .retry import _chain, status_code
+
+    for err in _chain(exc):
+        code = status_code(err)
+        if code is not None:
+            return code in (429, 503, 529)
+        if isinstance(err, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(err).__name__:
+            return True
+    return False
+
+
+def adaptive_in_flight_cap(path: str | os.PathLike[str], ceiling: int = AUTO_CEILING) -> AdaptiveInFlightCap:
+    key = (str(Path(path).resolve()), -ceiling)
+    with _caps_lock:
+        cap = _caps.get(key)
+        if cap is None:
+            cap = _caps[key] = AdaptiveInFlightCap(path, ceiling)
+        return cap  # type: ignore[return-value]

@@ -59,3 +59,10 @@ def test_unwritable_event_log_fails_the_listener_not_the_run(tmp_path: Path) -> 
     blocker.write_text("x")
     log = JsonlEventLog(blocker / "events.jsonl")  # its folder can never be made
     assert FanOut(FanOutSettings(), task="T", listeners=[log]).map([lambda: 1]) == [1]
+
+
+def test_events_read_back_ignore_fields_a_newer_version_added(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"task": "T", "item": 0, "total": 1, "state": "running", "from_the_future": 1}\n')
+    (event,) = read_events(path)
+    assert event.task == "T" and event.state is ItemState.RUNNING

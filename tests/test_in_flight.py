@@ -104,7 +104,7 @@ def test_a_fanout_holds_a_slot_for_an_attempt_only(tmp_path: Path) -> None:
 
 def test_max_in_flight_is_checked_before_anything_runs(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
     set_concurrency(luigi_config, max_in_flight=-1)
-    with pytest.raises(ConfigError, match=r"max_in_flight = -1 is not allowed: expected an integer in 0..4096"):
+    with pytest.raises(ConfigError, match=r"max_in_flight = -1 is not allowed: expected an integer in 0..4096 \(0 = no cap\) or auto"):
         load_settings()
 
 
@@ -138,3 +138,58 @@ def test_without_a_cap_the_same_run_has_more_in_flight(
     run_dir = new_run_dir("uncapped")
     assert run_pipeline(run_dir, concurrent=True, workers=4, fast=True, llm_models=("simulated-http",), max_parallel=8)
     assert server.peak_in_flight() > 2
+
+
+def test_auto_starts_low_grows_on_success_and_halves_on_overload(tmp_path: Path) -> None:
+    from planexe_concurrency.ratelimit import AdaptiveInFlightCap
+
+    now = {"t": 100.0}
+    cap = AdaptiveInFlightCap(tmp_path / "auto", ceiling=8, clock=lambda: now["t"])
+    assert cap.current_limit() == 2
+    first, second = cap.try_take(), cap.try_take()
+    assert cap.try_take() is None  # two at first
+    for _ in range(3):
+        cap.succeeded()  # 2 + 1/2 + 1/2.5 + 1/2.9 = 3.24
+    assert cap.current_limit() == 3 and cap.try_take() == 2
+    for slot in (first, second, 2):
+        cap.give_back(slot)  # type: ignore[arg-type]
+    for _ in range(40):
+        cap.succeeded()  # about one slot more per round of `limit` successes
+    assert cap.current_limit() == 8  # never above the ceiling
+    cap.overloaded()
+    assert cap.current_limit() == 4
+    cap.overloaded()  # the same burst of refusals (within the cooldown) counts once
+    assert cap.current_limit() == 4
+    now["t"] += 2
+    cap.overloaded(retry_after=5)
+    assert cap.current_limit() == 2
+    other = AdaptiveInFlightCap(tmp_path / "auto", ceiling=8, clock=lambda: now["t"])  # another process's view
+    assert other.current_limit() == 2 and other.try_take() is None  # everyone waits out the Retry-After
+    now["t"] += 5.1
+    other._cached = (0.0, 0.0, -1.0)
+    assert other.try_take() is not None
+
+
+@pytest.mark.slow
+def test_auto_finds_a_refusing_servers_limit_and_the_plan_comes_out_the_same(
+    http_reference: Path,
+    sim_server_factory: Callable[..., SimServer],
+    new_run_dir: Callable[[str], Path],
+    run_pipeline: PipelineRunner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from planexe_concurrency.events import ItemState, read_events
+
+    server = sim_server_factory(latency=0.05, max_concurrent=3)  # refuses (429) above 3 in flight
+    monkeypatch.setenv("PLANEXE_SIMLLM_URL", server.url)
+    run_dir = new_run_dir("auto")
+    events = run_dir.parent / "auto-events.jsonl"
+    assert run_pipeline(
+        run_dir, concurrent=True, workers=4, fast=True, llm_models=("simulated-http",), max_parallel=8,
+        max_in_flight="auto", events_file=str(events), retry_backoff_base=0.05, retry_backoff_max=0.5, retry_jitter=0.05,
+    )
+    assert differing_files(http_reference, run_dir, lenient=True) == []
+    limits = [e.limit for e in read_events(events) if e.state is ItemState.RUNNING]
+    assert limits and min(limits) >= 1 and max(limits) <= 32
+    refused = sum(1 for r in server.log if r.status == 429)
+    assert refused < len(server.log) / 4  # it adapted: most requests were not turned away
