@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--provider-slots", type=_csv_ints,
         help="e.g. 1,2,4,8: instead of the before/after table, one table of a provider that serves K requests at a time",
     )
+    p.add_argument("--provider-rows", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   default=["nocap", "cap", "fifo", "auto"], help="which rows: nocap,cap,fifo,auto (after the sequential one)")
     p.add_argument("--provider-mode", choices=("queue", "refuse"), default="queue",
                    help="beyond K: queue (Ollama, llama.cpp) or refuse with 429 (a hosted key's concurrency limit)")
     return p
@@ -311,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     extra = args.extra.split()
     if args.provider_slots:
+        unknown = [name for name in args.provider_rows if name not in PROVIDER_ROWS]
+        if unknown:
+            print(f"planexe-concurrency bench: error: --provider-rows: unknown {unknown}; choose from {sorted(PROVIDER_ROWS)}", file=sys.stderr)
+            return 2
         return provider_limits(args, argv)
     with SimServer(SimServerConfig(latency=args.latency, log_path=str(args.out / "requests.jsonl"))) as server:
         env = _environment(args, server)
@@ -380,13 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(r.ok for r in everything) and all(identical.values()) else 1
 
 
-# Rows of the provider-limits table: label -> [planexe_concurrency] settings (K is filled in).
-PROVIDER_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("exact, no cap", {}),
-    ("exact, max_in_flight = K", {"max_in_flight": "K"}),
-    ("exact, max_in_flight = K, FIFO", {"max_in_flight": "K", "critical_path_first": "false"}),
-    ("exact, max_in_flight = auto", {"max_in_flight": "auto"}),
-)
+# Rows of the provider-limits table: name -> (label, [planexe_concurrency] settings; K is filled in).
+PROVIDER_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "nocap": ("exact, no cap", {}),
+    "cap": ("exact, max_in_flight = K", {"max_in_flight": "K"}),
+    "fifo": ("exact, max_in_flight = K, FIFO", {"max_in_flight": "K", "critical_path_first": "false"}),
+    "auto": ("exact, max_in_flight = auto", {"max_in_flight": "auto"}),
+}
 
 
 def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -410,7 +416,7 @@ def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int
             reference = run_pipeline(f"K{k} sequential", args.out / f"k{k}-sequential", sequential=True, workers=1,
                                      max_parallel=args.max_parallel, **common)
             runs = []
-            for label, settings in PROVIDER_ROWS:
+            for label, settings in (PROVIDER_ROWS[name] for name in args.provider_rows):
                 values = {key: (k if value == "K" else value) for key, value in settings.items()}
                 print(f"bench: K={k} {label} ...", flush=True)
                 slug = label.replace(",", "").replace(" = ", "-").replace(" ", "-")

@@ -121,23 +121,10 @@ def test_the_cap_holds_from_the_servers_side_across_four_workers(
     run_dir = new_run_dir("capped")
     assert run_pipeline(run_dir, concurrent=True, workers=4, fast=True, llm_models=("simulated-http",), max_parallel=8, max_in_flight=2)
     assert differing_files(http_reference, run_dir, lenient=True) == []
-    assert server.peak_in_flight() == 2  # never more, and the cap was met: calls were ready to overlap
+    # never more, and the cap was met (without it this run puts more in flight: the no-cap row of
+    # tests/test_cli.py's provider bench is refused by a server of 2 slots)
+    assert server.peak_in_flight() == 2
     assert (run_dir.parent / ".planexe_concurrency" / run_dir.name / "in_flight.slots").exists()
-
-
-def test_without_a_cap_the_same_run_has_more_in_flight(
-    http_reference: Path,
-    sim_server_factory: Callable[..., SimServer],
-    new_run_dir: Callable[[str], Path],
-    run_pipeline: PipelineRunner,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The control for the test above: the pipeline does put more than two calls in flight."""
-    server = sim_server_factory(latency=0.03)
-    monkeypatch.setenv("PLANEXE_SIMLLM_URL", server.url)
-    run_dir = new_run_dir("uncapped")
-    assert run_pipeline(run_dir, concurrent=True, workers=4, fast=True, llm_models=("simulated-http",), max_parallel=8)
-    assert server.peak_in_flight() > 2
 
 
 def test_auto_starts_low_grows_on_success_and_halves_on_overload(tmp_path: Path) -> None:
