@@ -192,7 +192,7 @@ class SharedInFlightCap:
         self._held: set[int] = set()
         os.register_at_fork(after_in_child=self._forget_parents_slots)
 
-    def _forget_parents_slots(self) -> None:
+    def _forget_parents_slots(self) -> None:  # pragma: no cover - runs in a forked child (tests fork; coverage is the parent's)
         # A forked child holds none of its parent's locks (they are not inherited).
         self._lock = threading.Lock()
         self._held = set()

@@ -135,25 +135,3 @@ def test_bench_prints_a_table_of_ratios_and_checks_the_files(tmp_path: Path, cap
     assert 0 < results["bounds"]["full"] <= results["bounds"]["graph"] <= seq["wall"]
     assert (out / "timeline-concurrent.html").exists() and (out / "timeline.png").exists()
     assert main(["bench", "--workers", "0"]) == 2
-
-
-@pytest.mark.slow
-def test_bench_of_a_provider_with_k_slots_caps_from_the_servers_side(tmp_path: Path) -> None:
-    out = tmp_path / "limits"
-    code = main([
-        "bench", "--provider-slots", "2", "--provider-mode", "refuse", "--provider-rows", "nocap,cap", "--latency", "0.02", "--speed", "fast",
-        "--workers", "2", "--max-parallel", "4", "--out", str(out),
-    ])
-    assert code == 0
-    rows = {
-        cells[2]: cells for cells in (
-            [c.strip() for c in line.strip("|").split("|")] for line in (out / "provider-limits.md").read_text().splitlines()
-            if line.startswith("| 2 |")
-        )
-    }
-    assert set(rows) == {"sequential", "exact, no cap", "exact, max_in_flight = K"}
-    peak, refused = int(rows["exact, max_in_flight = K"][5]), int(rows["exact, max_in_flight = K"][6])
-    assert peak <= 2 and refused == 0  # the cap held: the server never had to refuse
-    assert int(rows["exact, no cap"][6]) > 0  # without it, a refusing server turned calls away
-    assert all(cells[9] in ("yes", "reference") for cells in rows.values())
-    assert main(["bench", "--provider-slots", "2", "--provider-rows", "cap,sometimes", "--out", str(out)]) == 2

@@ -82,8 +82,11 @@ def test_planexes_own_entry_point_with_the_flag_draws_the_same_display(tmp_path:
     assert "Done scheduling tasks" not in text and (run_dir / "log.txt").read_text().count("Done scheduling tasks") == 1
 
 
-def test_piped_output_is_plain_short_and_every_luigi_line_is_in_the_log_once(tmp_path: Path) -> None:
+def test_piped_output_is_plain_and_short_every_luigi_line_is_logged_once_and_status_follows(tmp_path: Path) -> None:
+    """One 4-worker run, piped, and ``status`` following it from another process."""
     run_dir = tmp_path / "piped"
+    missing = subprocess.run([*CLI, "status", str(run_dir)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no run of planexe-concurrency found" in missing.stderr
     proc = subprocess.Popen(
         _run_words(run_dir, "--progress-interval", "1", latency="0.05"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -96,9 +99,16 @@ def test_piped_output_is_plain_short_and_every_luigi_line_is_in_the_log_once(tmp
     readers = [threading.Thread(target=read, args=(s,)) for s in (proc.stdout, proc.stderr)]
     for r in readers:
         r.start()
+    run_file = state_dir_for(run_dir) / "run.json"
+    deadline = time.monotonic() + 60
+    while not run_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    early = subprocess.run([*CLI, "status", str(run_dir), "--once"], capture_output=True, text=True)
+    follow = subprocess.run([*CLI, "status", str(run_dir), "--progress-interval", "1"], capture_output=True, text=True, timeout=240)
     assert proc.wait(timeout=240) == 0
     for r in readers:
         r.join()
+
     lines = [line for _, line in timed]
     assert not [line for line in lines if CONTROL.search(line)]
     assert len(lines) <= 40, lines
@@ -116,6 +126,17 @@ def test_piped_output_is_plain_short_and_every_luigi_line_is_in_the_log_once(tmp
     assert log_text.count("===== Luigi Execution Summary =====") == 2  # one summary: its first and last line
     assert not [line for line in log if "is not of type string" in line]
 
+    # status, from another process: running at first, then the same counts as the events file
+    assert early.returncode == 3 and early.stdout.startswith("planexe-concurrency: running:"), early.stdout + early.stderr
+    assert follow.returncode == 0, follow.stderr
+    final = next(line for line in follow.stdout.splitlines() if line.startswith("planexe-concurrency: done:"))
+    events = read_events(state_dir_for(run_dir) / "events.jsonl")
+    answered = sum(1 for e in events if e.state is ItemState.COMPLETED)
+    assert f"63/63 tasks, LLM calls {answered} answered, 0 in flight, 0 retried, 0 failed" in final
+    assert len({e.pid for e in events}) > 4  # the calls came from forked workers, one process per task
+    assert "planexe-concurrency: done in" in follow.stdout  # the run's own summary
+    assert "planexe-concurrency: running:" in follow.stderr  # plain progress while it followed
+
     # the picture of the run, from its event files: written at the end, and on request
     out = subprocess.run([*CLI, "timeline", str(run_dir), "--out", str(tmp_path / "pic")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -124,34 +145,6 @@ def test_piped_output_is_plain_short_and_every_luigi_line_is_in_the_log_once(tmp
     once = subprocess.run([*CLI, "status", str(run_dir), "--once"], capture_output=True, text=True)
     assert once.returncode == 0, once.stderr
     assert once.stdout.startswith("planexe-concurrency: done: 63/63 tasks") and "speed-up" in once.stdout
-
-
-def test_status_follows_a_run_driven_by_another_process(tmp_path: Path) -> None:
-    run_dir = tmp_path / "elsewhere"
-    missing = subprocess.run([*CLI, "status", str(run_dir)], capture_output=True, text=True)
-    assert missing.returncode == 2 and "no run of planexe-concurrency found" in missing.stderr
-    runner = subprocess.Popen(_run_words(run_dir, latency="0.1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        run_file = state_dir_for(run_dir) / "run.json"
-        deadline = time.monotonic() + 60
-        while not run_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        early = subprocess.run([*CLI, "status", str(run_dir), "--once"], capture_output=True, text=True)
-        assert early.returncode == 3 and early.stdout.startswith("planexe-concurrency: running:")
-        follow = subprocess.run(
-            [*CLI, "status", str(run_dir), "--progress-interval", "1"], capture_output=True, text=True, timeout=240
-        )
-    finally:
-        assert runner.wait(timeout=240) == 0
-    assert follow.returncode == 0, follow.stderr
-    out = follow.stdout.splitlines()
-    final = next(line for line in out if line.startswith("planexe-concurrency: done:"))
-    events = read_events(state_dir_for(run_dir) / "events.jsonl")
-    answered = sum(1 for e in events if e.state is ItemState.COMPLETED)
-    assert f"63/63 tasks, LLM calls {answered} answered, 0 in flight, 0 retried, 0 failed" in final
-    assert len({e.pid for e in events}) > 4  # the calls came from forked workers, one process per task
-    assert any(line.startswith("planexe-concurrency: done in") for line in out)  # the run's own summary
-    assert "planexe-concurrency: running:" in follow.stderr  # plain progress while it followed
 
 
 def test_a_failed_run_says_where_and_how_to_resume(

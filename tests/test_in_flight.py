@@ -12,7 +12,7 @@ from typing import Callable
 import luigi
 import pytest
 
-from planexe_concurrency.config import ConfigError, FanOutSettings, load_settings
+from planexe_concurrency.config import ConfigError, FanOutSettings, RetryPolicy, load_settings
 from planexe_concurrency.fanout import FanOut
 from planexe_concurrency.ratelimit import SharedInFlightCap, in_flight_cap
 from planexe_concurrency.simllm import SimServer
@@ -121,8 +121,8 @@ def test_the_cap_holds_from_the_servers_side_across_four_workers(
     run_dir = new_run_dir("capped")
     assert run_pipeline(run_dir, concurrent=True, workers=4, fast=True, llm_models=("simulated-http",), max_parallel=8, max_in_flight=2)
     assert differing_files(http_reference, run_dir, lenient=True) == []
-    # never more, and the cap was met (without it this run puts more in flight: the no-cap row of
-    # tests/test_cli.py's provider bench is refused by a server of 2 slots)
+    # never more, and reached (without the cap this plan's fan-outs put 4 or more in flight at once:
+    # the no-cap row of scripts/results/provider-limits-refuse-double.md was refused by a server of 2)
     assert server.peak_in_flight() == 2
     assert (run_dir.parent / ".planexe_concurrency" / run_dir.name / "in_flight.slots").exists()
 
@@ -180,3 +180,66 @@ def test_auto_finds_a_refusing_servers_limit_and_the_plan_comes_out_the_same(
     assert limits and min(limits) >= 1 and max(limits) <= 32
     refused = sum(1 for r in server.log if r.status == 429)
     assert refused < len(server.log) / 4  # it adapted: most requests were not turned away
+
+
+def test_what_counts_as_the_provider_turning_a_call_away() -> None:
+    from planexe_concurrency.ratelimit import is_overload
+
+    class HTTPError(Exception):
+        def __init__(self, status: int) -> None:
+            super().__init__(f"HTTP {status}")
+            self.status_code = status
+
+    class ReadTimeout(Exception):
+        pass
+
+    assert [is_overload(HTTPError(s)) for s in (429, 503, 529, 500, 400)] == [True, True, True, False, False]
+    assert is_overload(TimeoutError()) and is_overload(ReadTimeout()) and not is_overload(ValueError("schema"))
+    wrapped = RuntimeError("Exhausted all LLMs")
+    wrapped.__cause__ = HTTPError(429)
+    assert is_overload(wrapped)
+
+
+def test_a_fixed_cap_ignores_feedback_and_auto_has_one_instance_per_file(tmp_path: Path) -> None:
+    from planexe_concurrency.ratelimit import adaptive_in_flight_cap
+
+    fixed = SharedInFlightCap(tmp_path / "fixed", 3)
+    fixed.succeeded()
+    fixed.overloaded(retry_after=9)
+    assert fixed.current_limit() == 3 and fixed.try_take() == 0
+    fixed.give_back(2)  # not held: nothing to give back
+    assert fixed.in_use_here() == 1
+    auto = adaptive_in_flight_cap(tmp_path / "auto")
+    assert adaptive_in_flight_cap(tmp_path / "auto") is auto and auto.current_limit() == 2
+
+
+def test_an_adaptive_cap_feeds_on_the_fanouts_outcomes(tmp_path: Path) -> None:
+    from planexe_concurrency.events import ItemEvent, ItemState
+    from planexe_concurrency.ratelimit import AdaptiveInFlightCap
+
+    class Refused(Exception):
+        status_code = 429
+        retry_after = 0
+
+    cap = AdaptiveInFlightCap(tmp_path / "auto", ceiling=8, cooldown=0.0)
+    tries = {"n": 0}
+
+    def flaky() -> str:
+        tries["n"] += 1
+        if tries["n"] == 1:
+            raise Refused()
+        return "ok"
+
+    events: list[ItemEvent] = []
+    settings = FanOutSettings(retry=RetryPolicy(attempts=3, backoff_base=0, backoff_max=0, jitter=0))
+    assert FanOut(settings, task="T", in_flight=cap, listeners=[events.append]).map([flaky]) == ["ok"]
+    assert [e.limit for e in events if e.state is ItemState.RUNNING] == [2, 1]  # halved by the 429
+    assert cap.current_limit() == 2  # and grown again by the success (1 + 1/1)
+
+
+def test_max_in_flight_must_be_a_number_or_auto(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
+    set_concurrency(luigi_config, max_in_flight="lots")
+    with pytest.raises(ConfigError, match=r"max_in_flight = lots is not allowed"):
+        load_settings()
+    set_concurrency(luigi_config, max_in_flight="AUTO")
+    load_settings()
