@@ -217,7 +217,7 @@ class ProgressReporter:
             if self._live is not None:
                 from rich.text import Text
 
-                self._live.console.print(Text(line))
+                self._live.console.print(Text(line), soft_wrap=True)  # the terminal wraps; a copied line stays one
             else:
                 self._write_line(line)
 
