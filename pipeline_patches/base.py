@@ -24,7 +24,7 @@ from planexe_concurrency.events import default_listeners
 from planexe_concurrency.fanout import FanOut, ItemFailedError
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
 from planexe_concurrency.ratelimit import (
-    SharedInFlightCap, SharedSlotFile, adaptive_in_flight_cap, in_flight_cap, pace_llm_requests, stop_pacing_llm_requests,
+    SharedInFlightCap, SharedSlotFile, in_flight_cap, pace_llm_requests, stop_pacing_llm_requests,
 )
 from planexe_concurrency.resume import StartMarks
 
@@ -100,7 +100,7 @@ def in_flight_cap_for(task: luigi.Task) -> SharedInFlightCap | None:
         path = Path(f"{cfg.rate_limit_file}.in_flight")
     else:
         path = state_dir_of(task) / IN_FLIGHT_FILE_NAME
-    return adaptive_in_flight_cap(path) if limit == "auto" else in_flight_cap(path, int(limit))
+    return in_flight_cap(path, limit)
 
 
 def fanout_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = True) -> FanOut:

@@ -424,11 +424,12 @@ def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int
                                          max_parallel=args.max_parallel, settings=values, **common))
             log = server.log
         b = compute_bounds(reference, log)
-        seq_calls = [r for r in _records_between(log, 0, float("inf")) if reference.run_dir and r.arrival <= _finished(reference)]
-        call_time = sum(r.end - r.start for r in seq_calls)
+        start, end = _span_of(reference)
+        call_time = sum(r.end - r.start for r in _records_between(log, start - 1, end + 1))
         bound = max(b.full, call_time / k)
         for r in [reference, *runs]:
-            refused = sum(1 for rec in log if rec.status == 429 and _within(rec, r))
+            start, end = _span_of(r)
+            refused = sum(1 for rec in log if rec.status == 429 and start - 1 <= rec.arrival <= end + 1)
             same = "reference" if r is reference else (
                 "yes" if not differing_files(Path(reference.run_dir), Path(r.run_dir), lenient=args.planexe is not None) else "NO"
             )
@@ -448,14 +449,10 @@ def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int
     return 0 if ok else 1
 
 
-def _finished(run: RunResult) -> float:
+def _span_of(run: RunResult) -> tuple[float, float]:
+    """When a run's first task started and its last one ended (its requests lie in between)."""
     spans = read_task_spans(state_dir_for(run.run_dir) / "tasks.jsonl")
-    return max(s.end for s in spans) if spans else float("inf")
-
-
-def _within(rec: RequestRecord, run: RunResult) -> bool:
-    spans = read_task_spans(state_dir_for(run.run_dir) / "tasks.jsonl")
-    return bool(spans) and min(s.start for s in spans) - 1 <= rec.arrival <= max(s.end for s in spans) + 1
+    return (min(s.start for s in spans), max(s.end for s in spans)) if spans else (0.0, float("inf"))
 
 
 def _timelines(out: Path, runs: Sequence[RunResult]) -> None:

@@ -143,7 +143,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from planexe_concurrency.console import configure_logging
     from planexe_concurrency.progress import CONSOLE_FILE, LOG_FILE
     from planexe_concurrency.resume import atomic_write_text
-    from planexe_concurrency.timing import task_graph
 
     if args.target:
         os.environ["PLANEXE_CONCURRENCY_TARGET"] = args.target
@@ -234,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "workers": workers,
             "sequential": args.sequential,
             "layout": planexe.layout,
-            "graph": task_graph(root),
+            "graph": watch.info.graph,
         }
         atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print("\n".join(lines), flush=True)
@@ -246,10 +245,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from planexe_concurrency.console import ProgressReporter, configure_console, plain_line, summary_lines
-    from planexe_concurrency.progress import LOG_FILE, RUNNING, RunInfo, RunProgress, RunSummary
+    from planexe_concurrency.console import ProgressReporter, configure_console, plain_line
+    from planexe_concurrency.progress import RUNNING, RunInfo, RunProgress, RunSummary
 
     from .rundir import state_dir_for
+    from .watch import lines_of_summary
 
     configure_console(args.verbose, level=args.log_level)
     state_dir = state_dir_for(args.run_dir)
@@ -270,13 +270,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         data = dict(info.summary)
         data["longest"] = tuple(tuple(pair) for pair in data.get("longest", ()))
         data["carried_on"] = tuple(data.get("carried_on", ()))
-        report = sorted(Path(info.run_dir).glob("*report.html"))
         timeline = state_dir / "timeline.html"
-        lines = summary_lines(
-            RunSummary(**data), run_dir=Path(info.run_dir), report=report[-1] if report else None,
-            log_file=next((p for p in (state_dir / LOG_FILE, Path(info.run_dir) / LOG_FILE) if p.exists()), None),
-            timeline=timeline if timeline.exists() else None,
-            resume=" ".join(info.command),
+        lines = lines_of_summary(
+            RunSummary(**data), state_dir, Path(info.run_dir), timeline if timeline.exists() else None, " ".join(info.command)
         )
         print("\n".join(lines), flush=True)
     return STATUS_EXIT.get(snap.state, 1)

@@ -281,11 +281,9 @@ class _LineRelay:
         self._partial += text
         *lines, self._partial = self._partial.split("\n")
         if lines:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, ("\n".join(lines) + "\n").encode("utf-8", errors="replace"))
-            finally:
-                os.close(fd)
+            from planexe_concurrency.events import append_text
+
+            append_text(self.path, "\n".join(lines) + "\n")
         return len(text)
 
     def flush(self) -> None:

@@ -32,8 +32,12 @@ logger = logging.getLogger("planexe_concurrency")
 _events_file_we_set: dict[str, str] = {}  # the events_file start_watch set last (only the parent sets it)
 
 
-def complete_families(root: luigi.Task) -> list[str]:
-    """Tasks already complete before the build (a resume): counted as done from the start."""
+def complete_families(root: luigi.Task, graph: dict[str, list[str]]) -> list[str]:
+    """Tasks already complete before the build (a resume): counted as done from the start.
+
+    ``graph`` is ``task_graph(root)``: everything under a complete task counts as complete too,
+    as far as this build is concerned, without asking it.
+    """
     done, seen, stack = [], set(), [root]
     while stack:
         task = stack.pop()
@@ -44,15 +48,27 @@ def complete_families(root: luigi.Task) -> list[str]:
             done.append(task.task_family)
         else:
             stack.extend(luigi.task.flatten(task.requires()))
-    # Everything under a complete task is complete too, as far as this build is concerned.
-    graph = task_graph(root)
-    closed, stack2 = set(done), list(done)
-    while stack2:
-        for dep in graph.get(stack2.pop(), ()):
+    closed, below = set(done), list(done)
+    while below:
+        for dep in graph.get(below.pop(), ()):
             if dep not in closed:
                 closed.add(dep)
-                stack2.append(dep)
+                below.append(dep)
     return sorted(closed)
+
+
+def log_file_of(state_dir: Path, run_dir: Path) -> Path | None:
+    """Ours (``run``), or PlanExe's own (its entry points keep their logging), if there is one."""
+    return next((path for path in (state_dir / LOG_FILE, run_dir / LOG_FILE) if path.exists()), None)
+
+
+def lines_of_summary(summary: RunSummary, state_dir: Path, run_dir: Path, timeline: Path | None, resume: str) -> list[str]:
+    """The summary's lines with where the run's report, log and timeline are (``run``, ``status``)."""
+    reports = sorted(run_dir.glob("*report.html"))
+    return summary_lines(
+        summary, run_dir=run_dir, report=reports[-1] if reports else None, log_file=log_file_of(state_dir, run_dir),
+        timeline=timeline, resume=resume,
+    )
 
 
 @dataclass
@@ -62,7 +78,7 @@ class WatchedRun:
     root: luigi.Task
     state_dir: Path
     info: RunInfo
-    reporter: ProgressReporter | None
+    reporter: ProgressReporter
     resume_command: str
     _stop_recording: Any = field(default=None, repr=False)
 
@@ -70,17 +86,8 @@ class WatchedRun:
     def run_dir(self) -> Path:
         return Path(self.root.run_id_dir)
 
-    @property
-    def log_file(self) -> Path | None:
-        """Ours (``run``), or PlanExe's own (its entry points keep their logging), if there is one."""
-        for path in (self.state_dir / LOG_FILE, self.run_dir / LOG_FILE):
-            if path.exists():
-                return path
-        return None
-
     def finish(self, ok: bool, wall: float, stopped: bool = False) -> tuple[RunSummary, list[str]]:
-        if self.reporter is not None:
-            self.reporter.stop()
+        self.reporter.stop()
         if self._stop_recording is not None:
             self._stop_recording()
         state = DONE if ok else STOPPED if stopped else FAILED
@@ -93,12 +100,7 @@ class WatchedRun:
             timeline = write_timeline(self.state_dir, f"{self.run_dir.name} ({state})")[0]
         except Exception as exc:  # a picture must never turn a finished plan into a failure
             logger.warning("planexe-concurrency: the timeline could not be drawn: %s", exc)
-        reports = sorted(self.run_dir.glob("*report.html"))
-        lines = summary_lines(
-            summary, run_dir=self.run_dir, report=reports[-1] if reports else None, log_file=self.log_file,
-            timeline=timeline, resume=self.resume_command,
-        )
-        return summary, lines
+        return summary, lines_of_summary(summary, self.state_dir, self.run_dir, timeline, self.resume_command)
 
 
 def start_watch(
@@ -108,7 +110,6 @@ def start_watch(
     command: Sequence[str] | None = None,
     live: bool | None = None,
     interval: float = 10.0,
-    draw: bool = True,
     console_printer: Any = None,
     plain_printer: Any = None,
 ) -> WatchedRun:
@@ -129,18 +130,16 @@ def start_watch(
         set_config_values({"events_file": _events_file_we_set["path"]})
     stop_recording = record_task_events(state_dir / TASKS_FILE)
     argv = list(command) if command is not None else list(sys.argv)
+    graph = task_graph(root)
     info = RunInfo(
-        run_dir=str(run_dir), graph=task_graph(root), command=argv, workers=workers,
-        complete_at_start=complete_families(root),
+        run_dir=str(run_dir), graph=graph, command=argv, workers=workers, complete_at_start=complete_families(root, graph),
     )
     info.write(state_dir)
-    reporter = None
-    if draw:
-        reporter = ProgressReporter(
-            state_dir, live=live, interval=interval, title=f"PlanExe: {run_dir}", plain_printer=plain_printer,
-            host=socket.gethostname(),  # under luigid on several hosts: the tasks this host runs
-        )
-        if console_printer is not None:
-            console_printer.printer = reporter.print_line
-        reporter.start()
+    reporter = ProgressReporter(
+        state_dir, live=live, interval=interval, title=f"PlanExe: {run_dir}", plain_printer=plain_printer,
+        host=socket.gethostname(),  # under luigid on several hosts: the tasks this host runs
+    )
+    if console_printer is not None:
+        console_printer.printer = reporter.print_line
+    reporter.start()
     return WatchedRun(root, state_dir, info, reporter, shlex.join(argv), stop_recording)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from .events import append_text
 from .progress import CONSOLE_FILE, JsonlTail, RunProgress, RunSummary, Snapshot
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -44,14 +45,6 @@ def console_level(verbosity: int, level: str | None = None, default: str = "WARN
     return logging.getLevelName(default)
 
 
-def _append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode("utf-8", errors="replace"))
-    finally:
-        os.close(fd)
-
-
 class ConsoleHandler(logging.Handler):
     """The console's share of the log: printed by the process that set it up, relayed by forks."""
 
@@ -68,7 +61,7 @@ class ConsoleHandler(logging.Handler):
             if os.getpid() == self._owner or self.console_file is None:
                 (self.printer or _print_to_stderr)(line)
             else:  # a forked Luigi worker: never draw, hand it to the parent
-                _append(self.console_file, line)
+                append_text(self.console_file, line + "\n")
         except Exception:  # pragma: no cover - logging must never fail the run
             self.handleError(record)
 

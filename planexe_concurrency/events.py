@@ -92,6 +92,16 @@ class EventBus:
                 )
 
 
+def append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` (whole lines) with one ``os.write`` on an ``O_APPEND`` descriptor: lines
+    from several processes never interleave mid-line on a local file system."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode("utf-8", errors="replace"))
+    finally:
+        os.close(fd)
+
+
 class JsonlEventLog:
     """Appends one JSON line per event to ``path``.
 
@@ -106,15 +116,11 @@ class JsonlEventLog:
         self._lock = threading.Lock()
 
     def __call__(self, event: ItemEvent) -> None:
-        line = (event.to_json() + "\n").encode("utf-8")
+        line = event.to_json() + "\n"
         with self._lock:
             # Here, not in __init__: an unwritable log then fails the listener (logged), not the run.
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+            append_text(self.path, line)
 
 
 def read_events(path: str | os.PathLike[str]) -> list[ItemEvent]:

@@ -197,10 +197,15 @@ class SharedInFlightCap:
         self._lock = threading.Lock()
         self._held = set()
 
+    def _open_slots(self) -> int:
+        """How many of the slots may be used now (an adaptive cap: fewer, or none while held)."""
+        return self.limit
+
     def try_take(self) -> int | None:
-        """A free slot, taken, or None when all ``limit`` are in use."""
+        """A free slot, taken, or None when all open ones are in use."""
+        open_slots = self._open_slots()
         with self._lock:
-            for slot in range(self.limit):
+            for slot in range(open_slots):
                 if slot in self._held:
                     continue
                 try:
@@ -256,17 +261,19 @@ class _HeldSlot:
         self._cap.give_back(self._slot)
 
 
-_caps: dict[tuple[str, int], SharedInFlightCap] = {}
+_caps: dict[tuple[str, int | str], SharedInFlightCap] = {}
 _caps_lock = threading.Lock()
 
 
-def in_flight_cap(path: str | os.PathLike[str], limit: int) -> SharedInFlightCap:
-    """The process's one cap for ``path`` (see :class:`SharedInFlightCap` for why only one)."""
+def in_flight_cap(path: str | os.PathLike[str], limit: int | str) -> SharedInFlightCap:
+    """The process's one cap for ``path`` (see :class:`SharedInFlightCap` for why only one):
+    ``limit`` slots, or ``"auto"`` for an :class:`AdaptiveInFlightCap`."""
     key = (str(Path(path).resolve()), limit)
     with _caps_lock:
         cap = _caps.get(key)
         if cap is None:
-            cap = _caps[key] = SharedInFlightCap(path, limit)
+            cap = AdaptiveInFlightCap(path) if limit == "auto" else SharedInFlightCap(path, int(limit))
+            _caps[key] = cap
         return cap
 
 
@@ -323,21 +330,9 @@ class AdaptiveInFlightCap(SharedInFlightCap):
             self._cached = (limit, held_until, now)
         return max(1, int(limit)), held_until - now
 
-    def try_take(self) -> int | None:
+    def _open_slots(self) -> int:
         allowed, hold = self._allowed()
-        if hold > 0:
-            return None
-        with self._lock:
-            for slot in range(allowed):
-                if slot in self._held:
-                    continue
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
-                except OSError:
-                    continue
-                self._held.add(slot)
-                return slot
-        return None
+        return 0 if hold > 0 else allowed
 
     def succeeded(self) -> None:
         ceiling = float(self.limit)
@@ -367,12 +362,3 @@ def is_overload(exc: BaseException) -> bool:
         if isinstance(err, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(err).__name__:
             return True
     return False
-
-
-def adaptive_in_flight_cap(path: str | os.PathLike[str], ceiling: int = AUTO_CEILING) -> AdaptiveInFlightCap:
-    key = (str(Path(path).resolve()), -ceiling)
-    with _caps_lock:
-        cap = _caps.get(key)
-        if cap is None:
-            cap = _caps[key] = AdaptiveInFlightCap(path, ceiling)
-        return cap  # type: ignore[return-value]

@@ -29,17 +29,14 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import luigi
 
+from .events import append_text
+
 _registered: dict[str, Callable[[], None]] = {}
 _register_lock = threading.Lock()
 
 
 def _append_line(path: Path, data: dict[str, object]) -> None:
-    line = (json.dumps(data, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+    append_text(path, json.dumps(data, sort_keys=True) + "\n")
 
 
 def append_task_event(path: str | os.PathLike[str], task: luigi.Task, event: str, error: object = None) -> None:

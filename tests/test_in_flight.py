@@ -153,7 +153,6 @@ def test_auto_starts_low_grows_on_success_and_halves_on_overload(tmp_path: Path)
     other = AdaptiveInFlightCap(tmp_path / "auto", ceiling=8, clock=lambda: now["t"])  # another process's view
     assert other.current_limit() == 2 and other.try_take() is None  # everyone waits out the Retry-After
     now["t"] += 5.1
-    other._cached = (0.0, 0.0, -1.0)
     assert other.try_take() is not None
 
 
@@ -201,16 +200,14 @@ def test_what_counts_as_the_provider_turning_a_call_away() -> None:
 
 
 def test_a_fixed_cap_ignores_feedback_and_auto_has_one_instance_per_file(tmp_path: Path) -> None:
-    from planexe_concurrency.ratelimit import adaptive_in_flight_cap
-
     fixed = SharedInFlightCap(tmp_path / "fixed", 3)
     fixed.succeeded()
     fixed.overloaded(retry_after=9)
     assert fixed.current_limit() == 3 and fixed.try_take() == 0
     fixed.give_back(2)  # not held: nothing to give back
     assert fixed.in_use_here() == 1
-    auto = adaptive_in_flight_cap(tmp_path / "auto")
-    assert adaptive_in_flight_cap(tmp_path / "auto") is auto and auto.current_limit() == 2
+    auto = in_flight_cap(tmp_path / "auto", "auto")
+    assert in_flight_cap(tmp_path / "auto", "auto") is auto and auto.current_limit() == 2
 
 
 def test_an_adaptive_cap_feeds_on_the_fanouts_outcomes(tmp_path: Path) -> None:

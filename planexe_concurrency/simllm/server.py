@@ -8,6 +8,7 @@ deterministically, and records every request so a test can check what the client
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import json
 import logging
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from .generator import LatencyModel, SimResponse, _rng, request_key, respond
 
@@ -486,11 +487,13 @@ class SimServer:
         with self._lock:
             self._in_flight.pop(token, None)
 
-    def _take_slot(self) -> bool:
+    @contextlib.contextmanager
+    def _queue_slot(self) -> Iterator[None]:
         """With ``slots``: wait, in arrival order, until fewer than ``slots`` requests are served."""
         slots = self.config.slots
         if not slots:
-            return False
+            yield
+            return
         with self._slot_free:
             self._next_ticket += 1
             ticket = self._next_ticket
@@ -500,12 +503,12 @@ class SimServer:
             self._slot_queue.remove(ticket)
             self._serving += 1
             self._slot_free.notify_all()
-        return True
-
-    def _give_slot_back(self) -> None:
-        with self._slot_free:
-            self._serving -= 1
-            self._slot_free.notify_all()
+        try:
+            yield
+        finally:
+            with self._slot_free:
+                self._serving -= 1
+                self._slot_free.notify_all()
 
     def _answer_delay(self, rec: RequestRecord, resp: SimResponse) -> float:
         """Time to the first token, plus the answer's tokens at ``tokens_per_second`` when set."""
@@ -544,61 +547,42 @@ class SimServer:
         Logging and releasing the slot before the bytes go out means that a client which has
         its answer already finds it in the log and can immediately use the freed slot.
         """
-        cfg = self.config
         model = str(payload.get("model") or "simulated")
         key = request_key(messages, tools, model)
-        queued = self._take_slot()
-        try:
-            self._serve(h, path, chat, payload, messages, tools, arrival, model, key)
-        finally:
-            if queued:
-                self._give_slot_back()
+        with self._queue_slot():  # a queueing server: wait for one of its K slots first
+            cfg = self.config
+            adm = self._admit(key, arrival)
+            if not adm.accepted:
+                wait = max(adm.retry_after, 0.001)
+                headers = {"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+                rec = RequestRecord(arrival, arrival, time.time(), 429, model, key, None, adm.in_flight, 0, path)
+                self._record(rec)
+                self._reply(h, rec, lambda: h._error(
+                    429, f"rate limit reached ({adm.reason}); retry after {wait:.3f}s", "rate_limit_exceeded", headers
+                ))
+                return
 
-    def _serve(
-        self,
-        h: _Handler,
-        path: str,
-        chat: bool,
-        payload: dict[str, Any],
-        messages: list[dict[str, Any]],
-        tools: list | None,
-        arrival: float,
-        model: str,
-        key: str,
-    ) -> None:
-        cfg = self.config
-        adm = self._admit(key, arrival)
-        if not adm.accepted:
-            wait = max(adm.retry_after, 0.001)
-            headers = {"Retry-After": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
-            rec = RequestRecord(arrival, arrival, time.time(), 429, model, key, None, adm.in_flight, 0, path)
-            self._record(rec)
-            self._reply(h, rec, lambda: h._error(
-                429, f"rate limit reached ({adm.reason}); retry after {wait:.3f}s", "rate_limit_exceeded", headers
-            ))
-            return
-
-        start = time.time()
-        rec = RequestRecord(arrival, start, start, 200, model, key, None, adm.in_flight, adm.attempt, path)
-        answer: Callable[[], None]
-        try:
-            if model in cfg.fail_models:
-                rec.fault, rec.status = "fail_model", 500
-                answer = lambda: h._error(500, f"model {model!r} is configured to fail", "server_error")  # noqa: E731
-            else:
-                rec.fault = self._draw_fault(key, adm.attempt)
-                resp = respond(messages, tools, model, tool_choice=payload.get("tool_choice"))
-                rec.kind = resp.kind
-                answer = self._prepare(h, rec, resp, chat, payload)
-        except Exception:
-            rec.status = 500
-            logger.exception("simulated server failed on a request")
-            answer = lambda: h._error(500, "simulated server bug", "server_error")  # noqa: E731
-        finally:
-            rec.end = time.time()
-            self._release(adm.token)
-            self._record(rec)
-        self._reply(h, rec, answer)
+            start = time.time()
+            rec = RequestRecord(arrival, start, start, 200, model, key, None, adm.in_flight, adm.attempt, path)
+            answer: Callable[[], None]
+            try:
+                if model in cfg.fail_models:
+                    rec.fault, rec.status = "fail_model", 500
+                    answer = lambda: h._error(500, f"model {model!r} is configured to fail", "server_error")  # noqa: E731
+                else:
+                    rec.fault = self._draw_fault(key, adm.attempt)
+                    resp = respond(messages, tools, model, tool_choice=payload.get("tool_choice"))
+                    rec.kind = resp.kind
+                    answer = self._prepare(h, rec, resp, chat, payload)
+            except Exception:
+                rec.status = 500
+                logger.exception("simulated server failed on a request")
+                answer = lambda: h._error(500, "simulated server bug", "server_error")  # noqa: E731
+            finally:
+                rec.end = time.time()
+                self._release(adm.token)
+                self._record(rec)
+            self._reply(h, rec, answer)
 
     def _prepare(
         self, h: _Handler, rec: RequestRecord, resp: SimResponse, chat: bool, payload: dict[str, Any]
