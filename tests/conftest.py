@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,7 +20,17 @@ from pipeline_patches.compare import differing_files, plan_files  # noqa: F401 -
 # The tests always run against our PlanExe double, even where a real PlanExe is importable.
 os.environ.setdefault("PLANEXE_CONCURRENCY_TARGET", "double")
 
-pytest_plugins = ["planexe_concurrency.simllm.fixtures", "postgres"]
+pytest_plugins = ["planexe_concurrency.simllm.fixtures", "postgres", "hang_stacks"]
+
+
+def _no_tracing_in_forked_children() -> None:
+    """Coverage measures the pytest process only: a process Luigi forks per task never saves what
+    the tracer it inherits records (it ends in ``os._exit``), so that tracer only slows it ~2x."""
+    sys.settrace(None)
+    threading.settrace(None)  # type: ignore[arg-type]  # None removes it, as for sys.settrace
+
+
+os.register_at_fork(after_in_child=_no_tracing_in_forked_children)
 
 FIXED_START_TIME = """{
   "server_iso_utc": "2026-01-05T09:30:00Z",
