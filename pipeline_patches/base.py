@@ -42,14 +42,25 @@ def state_dir_of(task: luigi.Task) -> Path:
 # A stop flag older than this belongs to an earlier run and is ignored.
 PROCESS_STARTED = time.time()
 
-def known_task_names() -> set[str]:
+_known: tuple[tuple[int, frozenset[str]], frozenset[str]] | None = None
+
+
+def known_task_names() -> frozenset[str]:
+    """Task classes bound under their own name: PlanExe's, or ours in their place once enabled
+    (same names). Found again only when the pipeline module's names changed."""
+    global _known
     pipeline = load_planexe().pipeline
-    # Task classes bound under their own name: PlanExe's, or ours in their place once enabled.
-    return {
+    key = (id(pipeline), frozenset(vars(pipeline)))
+    cached = _known
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    names = frozenset(
         name
         for name, obj in vars(pipeline).items()
         if isinstance(obj, type) and issubclass(obj, luigi.Task) and obj.__name__ == name and not obj.__module__.startswith("luigi")
-    }
+    )
+    _known = (key, names)
+    return names
 
 
 def check_settings() -> None:

@@ -199,7 +199,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if workers > 1:
         prefer_fork()
-        warm_up(llm_models)
+    # Sequential runs too: a first call's recorded duration (whole seconds) must not differ
+    # between two runs only because one imported its client library before it, the other during it.
+    warm_up(llm_models)
     print(
         f"planexe-concurrency: {'sequential' if args.sequential else 'concurrent'} run of {planexe.layout!r} PlanExe, "
         f"{workers} worker(s), models {llm_models}, run dir {run_dir}",

@@ -89,7 +89,13 @@ def _is_planexe_pipeline(tasks: Sequence[luigi.Task]) -> bool:
 # Imported lazily on the first LLM call, i.e. once per forked worker unless the parent has
 # them. Measured on PlanExe with OpenAILike: ``openai.resources`` alone is ~0.45 s of the
 # ~0.5 s a forked task paid for its first call.
-LAZY_IMPORTS = ("openai.resources", "jiter", "llama_index.core.program", "llama_index.core.output_parsers")
+# Each is paired with the package whose use makes it worth importing.
+LAZY_IMPORTS = (
+    ("openai.resources", "openai"),
+    ("jiter", "openai"),
+    ("llama_index.core.program", "llama_index.core"),
+    ("llama_index.core.output_parsers", "llama_index.core"),
+)
 
 
 def warm_up(llm_models: Sequence[str]) -> float:
@@ -109,6 +115,7 @@ def warm_up(llm_models: Sequence[str]) -> float:
         except Exception as exc:  # the run itself will report a broken model properly
             logger.warning("warm-up: could not create %r: %s", name, exc)
     import_lazy_modules()
+    from . import relaxed  # noqa: F401 - every task's run imports it: ~30 ms a task, and a new walk of sys.modules
     from .planexe import load_planexe
     from .speculative import uuid_bound_modules
 
@@ -130,13 +137,18 @@ def build_http_client(llm: Any) -> None:
 
 
 def import_lazy_modules() -> None:
-    """Import what an LLM client's first call would import lazily (see LAZY_IMPORTS)."""
-    for name in LAZY_IMPORTS:
+    """Import what an LLM client's first call would import lazily (see LAZY_IMPORTS), for the
+    client libraries this process already uses: openai imported for LLMs that never call it
+    (a local provider, the double's simulated one) was ~2 s of every start."""
+    for name, user in LAZY_IMPORTS:
+        if user not in sys.modules:
+            continue
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    build_deferred_models()
+    if "openai" in sys.modules:
+        build_deferred_models()
 
 
 def nested_responses_serialise() -> bool:

@@ -188,6 +188,17 @@ def uuid_bound_modules(package: str) -> list[Any]:
 _UUID4_ORIGINAL = uuid.uuid4
 
 
+def _refresh_before_fork() -> None:
+    # The parent may import more after warm_up; found again here, a forked task finds its
+    # cache current and never walks sys.modules (a walk there copies every page it touches).
+    for package in list(_bound_cache):
+        uuid_bound_modules(package)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_refresh_before_fork)
+
+
 # -- the scratch folder a record pass writes to ----------------------------------------------------
 def _input_paths(task: luigi.Task) -> list[Path]:
     return [Path(t.path) for t in luigi.task.flatten(task.input()) if hasattr(t, "path")]

@@ -97,7 +97,7 @@ class WatchedRun:
         self.info.write(self.state_dir)
         timeline: Path | None = None
         try:
-            timeline = write_timeline(self.state_dir, f"{self.run_dir.name} ({state})")[0]
+            timeline = write_timeline(self.state_dir, f"{self.run_dir.name} ({state})", png=False)[0]
         except Exception as exc:  # a picture must never turn a finished plan into a failure
             logger.warning("planexe-concurrency: the timeline could not be drawn: %s", exc)
         return summary, lines_of_summary(summary, self.state_dir, self.run_dir, timeline, self.resume_command)

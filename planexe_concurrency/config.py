@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 import luigi
+from luigi.cmdline_parser import CmdlineParser
 
 FailureMode = Literal["fail_fast", "continue_on_error"]
 FAILURE_MODES: tuple[str, ...] = ("fail_fast", "continue_on_error")
@@ -175,10 +176,29 @@ def _check(name: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}{name} = {value!r} is not allowed: expected {allowed}")
 
 
+_read: tuple[tuple[Any, ...], planexe_concurrency] | None = None
+
+
+def _sources() -> tuple[Any, ...]:
+    """Everything Luigi reads the section from: the config parser, its values, the command line."""
+    cfg = luigi.configuration.get_config()
+    values = tuple(cfg.items(SECTION, raw=True)) if cfg.has_section(SECTION) else ()
+    return (cfg, values, CmdlineParser.get_instance())
+
+
 def read_config() -> planexe_concurrency:
-    """Instantiate the section, naming the offending setting if Luigi cannot parse one."""
+    """Instantiate the section, naming the offending setting if Luigi cannot parse one.
+
+    Read again only when its sources changed: a task asks several times, and parsing every
+    parameter each time was ~8 ms of every forked task's start.
+    """
+    global _read
+    sources = _sources()
+    cached = _read
+    if cached is not None and cached[0] == sources:
+        return cached[1]
     try:
-        return planexe_concurrency()
+        cfg = planexe_concurrency()
     except Exception as exc:  # luigi raises ValueError/TypeError etc. without naming the parameter
         for name, param in planexe_concurrency.get_params():
             try:
@@ -189,6 +209,8 @@ def read_config() -> planexe_concurrency:
                     f"[{SECTION}] {name} = {raw!r} cannot be parsed as {type(param).__name__}: {inner}"
                 ) from inner
         raise ConfigError(f"[{SECTION}] could not be read: {exc}") from exc  # pragma: no cover - a parse error names one
+    _read = (sources, cfg)
+    return cfg
 
 
 def _raw_value(name: str) -> Any:

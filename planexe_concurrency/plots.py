@@ -176,9 +176,11 @@ def sweep_png(path: str | Path, rows: Sequence[dict[str, float]]) -> None:
     plt.close(fig)
 
 
-def write_timeline(state_dir: str | Path, title: str, out: str | Path | None = None) -> list[Path]:
-    """The Gantt picture of one run from its event files: ``timeline.html`` and, with matplotlib,
-    ``timeline.png`` (in ``out``, default the run's state folder). Returns what was written."""
+def write_timeline(state_dir: str | Path, title: str, out: str | Path | None = None, *, png: bool = True) -> list[Path]:
+    """The Gantt picture of one run from its event files: ``timeline.html`` and, with matplotlib
+    and ``png``, ``timeline.png`` (in ``out``, default the run's state folder). Returns what was
+    written. (Drawing the PNG costs ~1.5 s, mostly importing matplotlib: the end of every run
+    writes the HTML only.)"""
     from .events import read_events
     from .resume import atomic_write_text
     from .timing import read_task_spans
@@ -190,7 +192,7 @@ def write_timeline(state_dir: str | Path, title: str, out: str | Path | None = N
     items = item_spans(read_events(events)) if events.exists() else []
     written = [out_dir / "timeline.html"]
     atomic_write_text(written[0], gantt_html(title, spans, items))
-    if spans:
+    if spans and png:
         try:
             gantt_png(out_dir / "timeline.png", [(title, spans, items)])
             written.append(out_dir / "timeline.png")

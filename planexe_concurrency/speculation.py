@@ -58,6 +58,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
 )
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.instrumentation.dispatcher import Dispatcher
 from pydantic import PrivateAttr, ValidationError, model_serializer
 
 from .resume import atomic_write_text
@@ -219,8 +220,6 @@ def _silence_instrumentation() -> None:
     with _patch_lock:
         if _events_patched:
             return
-        from llama_index.core.instrumentation.dispatcher import Dispatcher
-
         original = Dispatcher.event
 
         def event(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -328,6 +328,45 @@ def test_premise_attack_skips_failed_lenses_like_planexe(reference: Path, tmp_pa
     assert b'"response_list": []' in outputs["ours"]["raw"]
 
 
+def test_the_warm_up_imports_what_every_task_would_and_no_client_library_its_models_do_not_use() -> None:
+    """Every task's run imports ``pipeline_patches.relaxed`` (~30 ms of each forked task when the
+    parent has not); openai, imported for the double's simulated LLM, was ~2 s of every start."""
+    code = (
+        "import sys; from pipeline_patches.flag_toggle import warm_up; warm_up(['simulated']); "
+        "print(sorted(m for m in ('pipeline_patches.relaxed', 'openai') if m in sys.modules))"
+    )
+    env = {**os.environ, "PLANEXE_CONCURRENCY_TARGET": "double"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "['pipeline_patches.relaxed']"
+
+
+def test_a_forked_task_finds_the_modules_that_bound_uuid4_without_walking_sys_modules() -> None:
+    """The parent may import more after the warm-up; the list is found again before each fork,
+    so a forked task never walks sys.modules (a walk there copies every page it touches)."""
+    import types
+
+    from pipeline_patches import speculative
+
+    package = load_planexe().pipeline.__name__.split(".")[0]
+    speculative.uuid_bound_modules(package)
+    sys.modules["_planexe_concurrency_imported_after_the_warm_up"] = types.ModuleType("later")
+    try:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            current = speculative._bound_cache[package][0] == len(sys.modules)
+            os.write(write, b"1" if current else b"0")
+            os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+    finally:
+        del sys.modules["_planexe_concurrency_imported_after_the_warm_up"]
+    assert answer == b"1"
+
+
 def test_luigis_command_line_warms_the_parent_up_once(new_run_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Under ``luigi --module`` the root is built in the parent: the LLM clients are built there too."""
     from luigi.cmdline_parser import CmdlineParser
