@@ -3,8 +3,8 @@
 pytest-timeout prints the stacks of the pytest process only, but our end-to-end tests hang, if
 ever, in one of the processes Luigi forks per task. So every process of the run knows a signal
 that writes its threads' stacks to one file (a handler installed here is inherited across
-``fork``), shortly before the test's timeout that signal goes to the pytest process and all its
-descendants, and the file is printed at the end of the session.
+``fork``), shortly before the test's timeout that signal goes to the pytest process and every
+process forked from it, and the file is printed at the end of the session.
 """
 from __future__ import annotations
 
@@ -50,9 +50,19 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
 def _dump_all(test: str) -> None:
     assert _dump_file is not None
-    pids = [os.getpid(), *descendants(os.getpid())]
+    # Only processes forked from this one (same command line, never exec'd) have the handler;
+    # to another program (PostgreSQL, luigid, a CLI run) SIGUSR2 means something else or death.
+    own = _cmdline(os.getpid())
+    pids = [os.getpid(), *(pid for pid in descendants(os.getpid()) if _cmdline(pid) == own)]
     _dump_file.write(f"\n=== {test}: near its timeout, stacks of processes {pids} ===\n")
     _dump_file.flush()
     for pid in pids:
