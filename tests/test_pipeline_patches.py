@@ -13,7 +13,7 @@ from typing import Any, Callable
 import luigi
 import pytest
 
-from conftest import PipelineRunner, differing_files, set_concurrency, speculation_reports, write_start_files
+from conftest import PipelineRunner, differing_files, set_concurrency, speculation_reports, true_in_a_forked_child, write_start_files
 from planexe_concurrency.events import ItemState, read_events
 from pipeline_patches import pipeline as patches
 from pipeline_patches.planexe import load_planexe
@@ -352,19 +352,10 @@ def test_a_forked_task_finds_the_modules_that_bound_uuid4_without_walking_sys_mo
     speculative.uuid_bound_modules(package)
     sys.modules["_planexe_concurrency_imported_after_the_warm_up"] = types.ModuleType("later")
     try:
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            current = speculative._bound_cache[package][0] == len(sys.modules)
-            os.write(write, b"1" if current else b"0")
-            os._exit(0)
-        os.close(write)
-        answer = os.read(read, 1)
-        os.close(read)
-        os.waitpid(pid, 0)
+        current = true_in_a_forked_child(lambda: speculative._bound_cache[package][0] == len(sys.modules))
     finally:
         del sys.modules["_planexe_concurrency_imported_after_the_warm_up"]
-    assert answer == b"1"
+    assert current
 
 
 def test_luigis_command_line_warms_the_parent_up_once(new_run_dir: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from conftest import true_in_a_forked_child
 from planexe_concurrency.reuse import ReusedInstances
 
 
@@ -96,17 +97,9 @@ def test_a_fork_inherits_primed_instances_but_not_handed_out_ones() -> None:
     get = ReusedInstances(Factory())
     handed_out = get("used")
     get.prime(["fresh"])
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        ok = get("used") is not handed_out and get("fresh") == ("fresh", 2) and get("fresh") is get("fresh")
-        os.write(write_end, b"1" if ok else b"0")
-        os._exit(0)
-    os.close(write_end)
-    answer = os.read(read_end, 1)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    assert answer == b"1"
+    assert true_in_a_forked_child(
+        lambda: get("used") is not handed_out and get("fresh") == ("fresh", 2) and get("fresh") is get("fresh")
+    )
     assert get("used") is handed_out  # the parent keeps its own
 
 
