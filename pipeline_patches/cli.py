@@ -201,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         prefer_fork()
     # Sequential runs too: a first call's recorded duration (whole seconds) must not differ
     # between two runs only because one imported its client library before it, the other during it.
-    warm_up(llm_models)
+    warm_seconds = warm_up(llm_models, widest=1 if args.sequential else None)
     print(
         f"planexe-concurrency: {'sequential' if args.sequential else 'concurrent'} run of {planexe.layout!r} PlanExe, "
         f"{workers} worker(s), models {llm_models}, run dir {run_dir}",
@@ -232,6 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = {
             "ok": ok,
             "wall": elapsed,
+            "warm_up": warm_seconds,
             "workers": workers,
             "sequential": args.sequential,
             "layout": planexe.layout,

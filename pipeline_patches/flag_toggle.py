@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterator, Sequence
 import luigi
 import luigi.interface
 
+from planexe_concurrency.config import ConfigError, read_config, widest_fan_out
+
 logger = logging.getLogger("planexe_concurrency")
 
 FLAG_ENV = "PLANEXE_CONCURRENCY"
@@ -98,34 +100,59 @@ LAZY_IMPORTS = (
 )
 
 
-def warm_up(llm_models: Sequence[str]) -> float:
+def warm_up(llm_models: Sequence[str], widest: int | None = None) -> float:
     """Pay lazy imports and client set-up once in the parent, before Luigi forks its workers.
 
-    No request is sent (that would cost a user tokens): one LLM per model, with its HTTP
-    client, is built without being handed out (``REUSED_LLMS.prime``), so that every forked
-    task inherits it instead of building its own, and the modules a first call would import
-    are imported.
+    No request is sent (that would cost a user tokens): LLMs with their HTTP clients are
+    built without being handed out (``REUSED_LLMS.prime``), so that every forked task
+    inherits them instead of building its own (~55 ms each for an OpenAI-style client, most
+    of it loading CA certificates): one per model, and for the first model as many more as
+    one task may have calls in flight (``widest``, from the settings unless given). The
+    spares are built on threads (certificate loading leaves the GIL) while this thread
+    imports what a first call would import; all of them are done before this returns, so
+    no warm-up thread is alive at a fork.
     """
     started = time.perf_counter()
     from .pipeline import REUSED_LLMS
 
+    if widest is None:  # a sequential run passes 1
+        try:
+            widest = widest_fan_out(read_config())
+        except ConfigError:  # the run itself reports a bad setting, before anything runs
+            widest = 1
+    usable = []
     for name in llm_models:
         try:
-            REUSED_LLMS.prime([name], prepare=build_http_client)
+            REUSED_LLMS.prime([name], prepare=build_http_client)  # here first: whatever building one imports
+            usable.append(name)
         except Exception as exc:  # the run itself will report a broken model properly
             logger.warning("warm-up: could not create %r: %s", name, exc)
-    import_lazy_modules()
-    from . import relaxed  # noqa: F401 - every task's run imports it: ~30 ms a task, and a new walk of sys.modules
-    from .planexe import load_planexe
-    from .speculative import uuid_bound_modules
+    spares = threading.Thread(
+        target=_prime_spares, args=(REUSED_LLMS, usable[:1], widest), name="planexe-concurrency-warm-up", daemon=True
+    )
+    spares.start()
+    try:
+        import_lazy_modules()
+        from . import relaxed  # noqa: F401 - every task's run imports it: ~30 ms a task, and a new walk of sys.modules
+        from .planexe import load_planexe
+        from .speculative import uuid_bound_modules
 
-    uuid_bound_modules(load_planexe().pipeline.__name__.split(".")[0])
+        uuid_bound_modules(load_planexe().pipeline.__name__.split(".")[0])
+    finally:
+        spares.join()
     # Everything the parent holds now is what every forked task inherits. Left to the cyclic
     # garbage collector, each child's first full collection walks (and so copies, page by
     # page) that whole heap: measured ~0.3 s per task under --workers 4. Frozen, it is skipped.
     gc.collect()
     gc.freeze()
     return time.perf_counter() - started
+
+
+def _prime_spares(reused: Any, names: Sequence[str], count: int) -> None:
+    try:
+        reused.prime(names, prepare=build_http_client, count=count, threads=3)
+    except Exception as exc:  # spares only save time: a task builds what it lacks
+        logger.warning("warm-up: could not build spare LLMs for %s: %s", list(names), exc)
 
 
 def build_http_client(llm: Any) -> None:

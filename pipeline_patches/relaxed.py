@@ -213,17 +213,19 @@ def run_relaxed(task: luigi.Task, run_inner: Callable[[luigi.Task], None]) -> No
 
 
 def _record(task: luigi.Task, run_inner: Callable[[luigi.Task], None]) -> list[Request] | None:
-    from .speculative import scratch_run_dir
+    from .speculative import in_scratch
 
-    recorder = RecordingLLM()
-    scratch = state_dir_of(task) / "relaxed" / "scratch" / task.task_family
-    try:
-        with _handing(task, recorder), scratch_run_dir(task, scratch):
+    def record() -> list[Request]:
+        recorder = RecordingLLM()  # a fresh one for each pass (a second pass when the scratch lacked a file)
+        with _handing(task, recorder):
             run_inner(task)
+        return recorder.requests
+
+    try:
+        return in_scratch(task, state_dir_of(task) / "relaxed" / "scratch" / task.task_family, record)
     except Exception as exc:  # PlanExe rejected a stand-in answer: run exactly instead
         logger.warning("task=%s relaxed mode unavailable, running as PlanExe does: %r", task.task_family, exc)
         return None
-    return recorder.requests
 
 
 def _ask_relaxed(task: luigi.Task, requests: list[Request]) -> list[Answer]:

@@ -273,6 +273,13 @@ def in_flight_limit(cfg: planexe_concurrency) -> int | str:
     return value
 
 
+def widest_fan_out(cfg: planexe_concurrency) -> int:
+    """The most LLM calls one task may have in flight at once: max_parallel, or a task's override, within max_in_flight."""
+    widest = max([int(cfg.max_parallel)] + [int(v["max_parallel"]) for v in _overrides_dict(cfg.task_overrides).values() if "max_parallel" in v])
+    cap = in_flight_limit(cfg)
+    return min(widest, cap) if isinstance(cap, int) and cap > 0 else widest
+
+
 def settings_from_config(cfg: planexe_concurrency, task: str | None = None) -> FanOutSettings:
     """Resolve the settings for ``task``: a per-task override wins over the global value."""
     values: dict[str, Any] = {name: getattr(cfg, name) for name in RULES}

@@ -1,13 +1,14 @@
 """Reuse LLM instances across attempts instead of building one per attempt, one thread at a time.
 
     get_llm = ReusedInstances(get_llm)      # same signature; one instance per (thread, name)
-    get_llm.prime(["my-model"])             # in a parent before it forks: children inherit it
+    get_llm.prime(["my-model"], count=4)    # in a parent before it forks: children inherit them
 
 Why: PlanExe builds a fresh LLM for every attempt (``LLMModelFromName.create_llm`` calls
 ``get_llm(name)``). For OpenAI-compatible providers each fresh instance builds a fresh HTTP
 client, whose TLS context alone costs ~40 ms (measured, httpx 0.28), and opens a fresh
 connection on its first call. Under ``--workers N`` every task runs in a new forked process,
-so only an instance built in the parent *before* the fork can save that. The engine runs
+so only an instance built in the parent *before* the fork can save that: one for each call a
+task may have in flight, or a 20-call fan-out spends its first ~0.5 s building clients. The engine runs
 each batch of calls in threads of its own, which end with the batch: an instance a finished
 thread held is handed to the next thread that asks (measured: ~45 ms a call otherwise).
 
@@ -26,6 +27,7 @@ Safety rules, each enforced here:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import os
 import threading
 import weakref
@@ -60,7 +62,7 @@ class ReusedInstances:
     def __init__(self, factory: Callable[..., Any]) -> None:
         self.factory = factory
         self._local = threading.local()
-        self._primed: dict[str, Any] = {}
+        self._primed: dict[str, list[Any]] = {}
         self._idle: dict[str, collections.deque[Any]] = {}  # freed by threads that ended
         self._lock = threading.Lock()
         _all.add(self)
@@ -72,7 +74,8 @@ class ReusedInstances:
         if name not in mine:
             with self._lock:
                 idle = self._idle.setdefault(name, collections.deque())
-                instance = self._primed.pop(name, None)
+                primed = self._primed.get(name)
+                instance = primed.pop() if primed else None
             if instance is None:
                 try:
                     instance = idle.pop()
@@ -81,21 +84,36 @@ class ReusedInstances:
             mine[name] = _Lease(idle, instance)
         return mine[name].instance
 
-    def prime(self, names: Iterable[str], prepare: Callable[[Any], object] | None = None) -> None:
-        """Build one instance per name without handing it out (so that forked children may use it).
+    def prime(
+        self, names: Iterable[str], prepare: Callable[[Any], object] | None = None, count: int = 1, threads: int = 1
+    ) -> None:
+        """Have ``count`` instances per name built and never handed out (so that forked children may use them).
 
         ``prepare(instance)`` may finish what the instance would build lazily on first use
-        (an HTTP client, say), so that the children inherit that too.
+        (an HTTP client, say), so that the children inherit that too. Instances primed
+        before are counted: priming again builds only what is missing, on up to ``threads``
+        threads (which have all ended when this returns).
         """
-        for name in names:
-            with self._lock:
-                if name in self._primed:
-                    continue
+
+        def build(name: str) -> None:
             instance = self.factory(name)
             if prepare is not None:
                 prepare(instance)
             with self._lock:
-                self._primed.setdefault(name, instance)
+                self._primed.setdefault(name, []).append(instance)
+
+        for name in names:
+            with self._lock:
+                missing = count - len(self._primed.get(name, ()))
+            if missing <= 0:
+                continue
+            if threads <= 1 or missing == 1:
+                for _ in range(missing):
+                    build(name)
+                continue
+            with concurrent.futures.ThreadPoolExecutor(min(threads, missing), thread_name_prefix="reuse-prime") as pool:
+                for future in [pool.submit(build, name) for _ in range(missing)]:
+                    future.result()
 
     def clear(self) -> None:
         """Forget every instance, primed or not: the next call builds afresh (its model's settings changed)."""

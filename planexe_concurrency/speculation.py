@@ -74,6 +74,7 @@ __all__ = [
     "Speculation",
     "SpeculationReport",
     "frozen",
+    "restart_pass",
     "same_function",
 ]
 
@@ -359,6 +360,19 @@ class _Pass:
 
 
 _PASS: contextvars.ContextVar[_Pass | None] = contextvars.ContextVar("planexe_concurrency_pass", default=None)
+
+
+def restart_pass() -> None:
+    """Forget what the record pass running here has recorded: its host runs it again from the start.
+
+    For a host whose pass failed for a reason of its own making (its scratch folder lacked a
+    file, say) and was fixed: the second run's calls get the first run's places and markers.
+    Outside a record pass it does nothing.
+    """
+    pass_ = _PASS.get()
+    if pass_ is not None and not pass_.real:
+        pass_.calls.clear()
+        pass_.counts.clear()
 
 
 class _Slot:

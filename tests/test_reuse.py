@@ -140,16 +140,48 @@ def test_prime_can_prepare_the_instance() -> None:
     assert prepared == [("a", 1)] and get("a") == ("a", 1)
 
 
-def test_warm_up_builds_the_http_client_of_an_openai_like_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_up_builds_an_http_client_for_each_call_a_task_may_have_in_flight(
+    monkeypatch: pytest.MonkeyPatch, luigi_config: Any
+) -> None:
+    from conftest import set_concurrency
     from pipeline_patches import pipeline as patches
     from pipeline_patches.flag_toggle import build_http_client, warm_up
 
     monkeypatch.setenv("PLANEXE_SIMLLM_URL", "http://127.0.0.1:9")
-    patches.REUSED_LLMS._primed.pop("simulated-http", None)
-    warm_up(["simulated-http"])
+    set_concurrency(luigi_config, max_parallel=3, task_overrides='{"CreateWBSLevel3Task": {"max_parallel": 6}}')
+    for name in ("simulated-http", "simulated"):
+        patches.REUSED_LLMS._primed.pop(name, None)
+    warm_up(["simulated-http", "simulated"])
     primed = patches.REUSED_LLMS._primed.pop("simulated-http")
-    assert primed._client is not None  # built in the parent, inherited by forked tasks
+    assert len(primed) == 6 and len({id(llm) for llm in primed}) == 6  # the widest fan-out, for the first model
+    assert all(llm._client is not None for llm in primed)  # built in the parent, inherited by forked tasks
+    assert len({id(llm._client) for llm in primed}) == 6  # each its own: one thread at a time uses one
+    assert len(patches.REUSED_LLMS._primed.pop("simulated")) == 1  # a fallback model: one
+    assert [t.name for t in threading.enumerate() if "warm-up" in t.name or "reuse-prime" in t.name] == []
+    warm_up(["simulated-http"], widest=1)  # a sequential run
+    assert len(patches.REUSED_LLMS._primed.pop("simulated-http")) == 1
     build_http_client(object())  # an LLM without one is left alone
+
+
+def test_prime_builds_what_is_missing_on_threads_and_each_goes_to_one_thread() -> None:
+    factory = Factory()
+    get = ReusedInstances(factory)
+    get.prime(["a"], count=5, threads=3)
+    get.prime(["a"], count=5, threads=3)  # nothing missing: nothing built
+    assert len(factory.calls) == 5
+    seen: list[Any] = []
+    barrier = threading.Barrier(5)
+
+    def work() -> None:
+        seen.append(get("a"))
+        barrier.wait()
+
+    threads = [threading.Thread(target=work) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(n for _, n in seen) == [1, 2, 3, 4, 5] and len(factory.calls) == 5
 
 
 def test_the_warm_up_builds_the_openai_models_the_client_defers() -> None:

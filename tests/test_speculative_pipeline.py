@@ -100,6 +100,35 @@ def test_a_rewritten_task_body_fans_out_and_writes_what_its_own_sequential_run_w
     assert (report["rounds"], report["sent_early"], report["used"], report["wasted"], report["asked_live"]) == (1, leaves - 1, leaves - 1, 0, 1)
 
 
+def test_a_task_that_reads_a_file_it_does_not_declare_still_fans_out(
+    monkeypatch: pytest.MonkeyPatch, new_run_dir: Callable[[str], Path], luigi_config: Any
+) -> None:
+    """A record pass sees the task's declared inputs; code reading another file of the run gets them all, and a second try."""
+    rewritten = _variant_wbs3(draw_ids=False)
+    plan_name = P.FilenameEnum.INITIAL_PLAN.value
+    seen: list[set[str]] = []
+
+    def reads_the_plan_too(self: Any) -> None:
+        if "scratch" in Path(self.run_id_dir).parts:
+            seen.append(set(os.listdir(self.run_id_dir)))
+        (Path(self.run_id_dir) / plan_name).read_text(encoding="utf-8")  # no task of its inputs writes it
+        rewritten(self)
+
+    monkeypatch.setattr(P.CreateWBSLevel3Task, "run_inner", reads_the_plan_too)
+    set_concurrency(luigi_config, max_parallel=8)
+    sequential, concurrent = new_run_dir("sequential"), new_run_dir("concurrent")
+    assert _build(sequential, "CreateWBSLevel3Task", concurrent=False)
+    assert _build(concurrent, "CreateWBSLevel3Task", concurrent=True)
+    assert differing_files(sequential, concurrent) == []
+    report = speculation_reports(concurrent)["CreateWBSLevel3Task"]
+    leaves = len(list(sequential.glob("023-1-*")))
+    assert report["fell_back"] == "" and report["wasted"] == 0
+    assert report["sent_early"] == report["used"] == leaves - 1
+    declared = {Path(t.path).name for t in luigi.task.flatten(P.CreateWBSLevel3Task(run_id_dir=concurrent).input())}
+    assert seen[0] == declared  # the first try: only what the task declares
+    assert plan_name in seen[1] and declared < seen[1]  # then the rest of the run
+
+
 def test_ids_a_task_draws_are_the_same_in_every_pass(
     monkeypatch: pytest.MonkeyPatch, new_run_dir: Callable[[str], Path], luigi_config: Any
 ) -> None:
