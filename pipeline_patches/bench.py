@@ -300,6 +300,8 @@ def _environment(args: argparse.Namespace, server: SimServer) -> dict[str, str]:
             }
         }
         (config_dir / "llm_config.json").write_text(json.dumps(llm_config, indent=2), encoding="utf-8")
+        # PlanExe of late 2025 (the planexe/ layout) also requires a .env beside it; the simulated server needs no key
+        (config_dir / ".env").touch()
         env["PLANEXE_CONFIG_PATH"] = str(config_dir)
         env["PLANEXE_CONCURRENCY_TARGET"] = "planexe"
     else:
