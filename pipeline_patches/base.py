@@ -134,7 +134,16 @@ def fanout_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = 
         listeners=default_listeners(cfg.events_file or None) if listeners else [],
         stop_exceptions=(planexe.PipelineStopRequested,),
         in_flight=in_flight_cap_for(task),
+        priority=_chain_ahead(task) if cfg.critical_path_first else 0.0,
     )
+
+
+def _chain_ahead(task: luigi.Task) -> float:
+    """The task's Luigi priority (the chain of tasks still ahead of it, see planexe_concurrency.priority)."""
+    try:
+        return float(task.priority)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def executor_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = True) -> ConcurrentLLMExecutor:

@@ -108,7 +108,7 @@ Job = Callable[[ItemContext], Awaitable[R]]
 class FanOut:
     """Concurrent, ordered, retried execution of independent items. See the module docstring."""
 
-    __slots__ = ("settings", "task", "bus", "stop_exceptions", "shared_slots", "sleep", "in_flight")
+    __slots__ = ("settings", "task", "bus", "stop_exceptions", "shared_slots", "sleep", "in_flight", "priority")
 
     def __init__(
         self,
@@ -120,9 +120,11 @@ class FanOut:
         shared_slots: SharedSlotFile | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         in_flight: SharedInFlightCap | None = None,
+        priority: float = 0.0,
     ) -> None:
         self.settings = settings
         self.in_flight = in_flight
+        self.priority = priority  # for the in-flight cap's waiting order: higher first
         self.task = task
         self.bus = EventBus(listeners)
         self.stop_exceptions = stop_exceptions
@@ -244,7 +246,7 @@ class _Run:
         """The run-wide cap on calls in flight (``max_in_flight``), held for one attempt only:
         a backoff sleep or a wait for the request budget holds no slot."""
         cap = self.fan.in_flight
-        return cap.hold(self.fan.sleep) if cap is not None else contextlib.nullcontext()
+        return cap.hold(self.fan.sleep, self.fan.priority) if cap is not None else contextlib.nullcontext()
 
     async def _one(self, job: Job[R], index: int, label: str, cache: ItemCache[R] | None) -> R:
         started = time.perf_counter()

@@ -13,7 +13,9 @@ forked child, so N limiters of R requests/minute would let N x R through. Two la
 
 And one cap on the requests in flight at once (``max_in_flight``), for local servers that
 serve K at a time and hosted keys with a concurrency limit: :class:`SharedInFlightCap`,
-record locks on a file that every process (and host) of a run names.
+record locks on a file that every process (and host) of a run names. Requests that wait for
+a slot go in order of priority (the caller's: the longest chain of tasks still ahead), then
+of arrival, whichever process they wait in.
 """
 from __future__ import annotations
 
@@ -169,6 +171,11 @@ def _remove_pacers() -> None:
 # -- one cap on requests in flight, for every process (and host) of a run ----------------
 
 
+_WAITER = struct.Struct("<dd")  # priority, waiting since (time.time()); (0, 0) is a free place
+_FREE_PLACE = _WAITER.pack(0.0, 0.0)
+WAITING_PLACES = 1024
+
+
 class SharedInFlightCap:
     """At most ``limit`` requests in flight across every process that names the same file.
 
@@ -178,6 +185,12 @@ class SharedInFlightCap:
     Record locks belong to a process, not a thread, so the threads of one process also keep
     a set of the slots they hold. Get one instance per file and process with :func:`in_flight_cap`:
     closing any descriptor of the file would release all of the process's locks on it.
+
+    A request that finds no slot free takes a place on a waiting board (``<file>.waiting``:
+    its priority and since when it waits, under a record lock of its own, so a dead
+    process's places do not count) and takes a slot only once no live waiter goes before it
+    (a higher priority, or the same and waiting longer), unless more slots are free than
+    waiters go before it. With equal priorities that is first come, first served.
     """
 
     def __init__(self, path: str | os.PathLike[str], limit: int, poll: float = 0.005) -> None:
@@ -188,14 +201,81 @@ class SharedInFlightCap:
         self.poll = poll
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._board = os.open(f"{self.path}.waiting", os.O_RDWR | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
         self._held: set[int] = set()
+        self._places: dict[int, tuple[float, float]] = {}  # this process's places on the board
         os.register_at_fork(after_in_child=self._forget_parents_slots)
 
     def _forget_parents_slots(self) -> None:  # pragma: no cover - runs in a forked child (tests fork; coverage is the parent's)
         # A forked child holds none of its parent's locks (they are not inherited).
         self._lock = threading.Lock()
         self._held = set()
+        self._places = {}
+
+    # -- the waiting board ------------------------------------------------------------------
+    def _take_place(self, priority: float, since: float) -> int | None:
+        with self._lock:
+            for place in range(WAITING_PLACES):
+                if place in self._places:
+                    continue
+                try:
+                    fcntl.lockf(self._board, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place * _WAITER.size, os.SEEK_SET)
+                except OSError:  # another process's
+                    continue
+                os.pwrite(self._board, _WAITER.pack(priority, since), place * _WAITER.size)
+                self._places[place] = (priority, since)
+                return place
+        return None  # the board is full: wait without a place (first come is then not assured)
+
+    def _leave_place(self, place: int) -> None:
+        with self._lock:
+            if self._places.pop(place, None) is not None:
+                os.pwrite(self._board, _FREE_PLACE, place * _WAITER.size)
+                fcntl.lockf(self._board, fcntl.LOCK_UN, 1, place * _WAITER.size, os.SEEK_SET)
+
+    def _live(self, place: int) -> bool:
+        """Another process's place counts while that process holds its lock; a dead one's is cleared."""
+        with self._lock:
+            if place in self._places:
+                return True
+            try:
+                fcntl.lockf(self._board, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place * _WAITER.size, os.SEEK_SET)
+            except OSError:
+                return True
+            try:
+                os.pwrite(self._board, _FREE_PLACE, place * _WAITER.size)
+            finally:
+                fcntl.lockf(self._board, fcntl.LOCK_UN, 1, place * _WAITER.size, os.SEEK_SET)
+            return False
+
+    def waiting_before(self, priority: float, since: float, place: int | None = None) -> int:
+        """How many live waiters go before one of ``priority`` waiting since ``since`` (at ``place``)."""
+        board = os.pread(self._board, _WAITER.size * WAITING_PLACES, 0).rstrip(b"\0")  # places are taken lowest first
+        board += b"\0" * (-len(board) % _WAITER.size)
+        mine = place if place is not None else WAITING_PLACES
+        before = 0
+        for other, (p, s) in enumerate(_WAITER.iter_unpack(board)):
+            if s == 0.0 or other == place:
+                continue
+            if p > priority or (p == priority and (s < since or (s == since and other < mine))):
+                before += self._live(other)
+        return before
+
+    def _free_slots(self) -> int:
+        """Slots no process holds now (each probed, then let go)."""
+        free = 0
+        with self._lock:
+            for slot in range(self._open_slots()):
+                if slot in self._held:
+                    continue
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
+                except OSError:
+                    continue
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
+                free += 1
+        return free
 
     def _open_slots(self) -> int:
         """How many of the slots may be used now (an adaptive cap: fewer, or none while held)."""
@@ -235,26 +315,36 @@ class SharedInFlightCap:
     def overloaded(self, retry_after: float | None = None) -> None:
         """The provider turned a call away for load (an adaptive cap shrinks; a fixed one does nothing)."""
 
-    async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> int:
-        """Wait for a slot: poll, with jitter so processes waiting together do not move in step."""
-        while True:
-            slot = self.try_take()
-            if slot is not None:
-                return slot
-            await sleep(self.poll * (1.0 + random.random()))
+    async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, priority: float = 0.0) -> int:
+        """Wait for a slot, in the board's order: poll, with jitter so processes waiting together do not move in step."""
+        since = time.time()
+        place: int | None = None
+        try:
+            while True:
+                before = self.waiting_before(priority, since, place)
+                if before == 0 or before < self._free_slots():
+                    slot = self.try_take()
+                    if slot is not None:
+                        return slot
+                if place is None:
+                    place = self._take_place(priority, since)
+                await sleep(self.poll * (1.0 + random.random()))
+        finally:
+            if place is not None:
+                self._leave_place(place)
 
-    def hold(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> "_HeldSlot":
-        return _HeldSlot(self, sleep)
+    def hold(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, priority: float = 0.0) -> "_HeldSlot":
+        return _HeldSlot(self, sleep, priority)
 
 
 class _HeldSlot:
-    __slots__ = ("_cap", "_sleep", "_slot")
+    __slots__ = ("_cap", "_sleep", "_slot", "_priority")
 
-    def __init__(self, cap: SharedInFlightCap, sleep: Callable[[float], Awaitable[None]]) -> None:
-        self._cap, self._sleep, self._slot = cap, sleep, -1
+    def __init__(self, cap: SharedInFlightCap, sleep: Callable[[float], Awaitable[None]], priority: float) -> None:
+        self._cap, self._sleep, self._slot, self._priority = cap, sleep, -1, priority
 
     async def __aenter__(self) -> int:
-        self._slot = await self._cap.acquire(self._sleep)
+        self._slot = await self._cap.acquire(self._sleep, self._priority)
         return self._slot
 
     async def __aexit__(self, *exc: object) -> None:

@@ -102,6 +102,84 @@ def test_a_fanout_holds_a_slot_for_an_attempt_only(tmp_path: Path) -> None:
     assert peak[0] == 2 and cap.in_use_here() == 0
 
 
+def test_a_waiting_request_of_higher_priority_overtakes_one_that_waited_longer(tmp_path: Path) -> None:
+    cap = SharedInFlightCap(tmp_path / "cap", 1, poll=0.002)
+    order: list[str] = []
+
+    async def ask(name: str, priority: float, after: float) -> None:
+        await asyncio.sleep(after)
+        async with cap.hold(priority=priority):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    async def scene() -> None:
+        held = cap.try_take()  # the slot is busy while three requests queue up
+        waiting = [asyncio.ensure_future(ask(f"side branch {n}", 1.0, 0.01 * n)) for n in range(1, 5)]
+        waiting.append(asyncio.ensure_future(ask("critical chain", 9.0, 0.06)))
+        await asyncio.sleep(0.1)
+        assert held is not None
+        cap.give_back(held)
+        await asyncio.gather(*waiting)
+
+    asyncio.run(scene())
+    # the critical request came last and goes first; the two of equal priority keep their order
+    assert order == ["critical chain", "side branch 1", "side branch 2", "side branch 3", "side branch 4"]
+    assert cap.waiting_before(0.0, time.time()) == 0  # everybody left the board
+
+
+def test_the_waiting_order_holds_across_processes_and_a_dead_waiter_is_skipped(tmp_path: Path) -> None:
+    path, log = tmp_path / "cap", tmp_path / "order.txt"
+    cap = in_flight_cap(path, 1)
+    held = cap.try_take()
+    assert held is not None
+
+    def waiter(name: str, priority: float, die: bool = False) -> int:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            child = SharedInFlightCap(path, 1, poll=0.002)
+            if die:  # takes a place on the board, then dies without leaving it
+                child._take_place(priority, time.time())
+                os._exit(0)
+
+            async def one() -> None:
+                async with child.hold(priority=priority):
+                    with open(log, "a") as f:
+                        f.write(name + "\n")
+                    await asyncio.sleep(0.01)
+
+            asyncio.run(one())
+            os._exit(0)
+        return pid
+
+    dead = waiter("dead", 50.0, die=True)
+    os.waitpid(dead, 0)
+    children = [waiter("off path", 1.0)]
+    time.sleep(0.1)
+    children.append(waiter("critical", 7.0))
+    time.sleep(0.1)
+    assert cap.waiting_before(0.0, time.time()) == 2  # the two live ones; the dead one's place is cleared
+    cap.give_back(held)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert log.read_text().splitlines() == ["critical", "off path"]
+
+
+def test_a_fanout_waits_for_the_cap_with_its_tasks_priority(tmp_path: Path) -> None:
+    cap = SharedInFlightCap(tmp_path / "cap", 1)
+    seen: list[float] = []
+    original = cap.acquire
+
+    async def acquire(sleep: Callable[[float], object] = asyncio.sleep, priority: float = 0.0) -> int:
+        seen.append(priority)
+        return await original(priority=priority)
+
+    cap.acquire = acquire  # type: ignore[method-assign]
+    fan = FanOut(FanOutSettings(max_parallel=2), task="T", in_flight=cap, priority=12.0)
+    assert fan.map([lambda: 1, lambda: 2]) == [1, 2]
+    assert seen == [12.0, 12.0]
+
+
 def test_max_in_flight_is_checked_before_anything_runs(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
     set_concurrency(luigi_config, max_in_flight=-1)
     with pytest.raises(ConfigError, match=r"max_in_flight = -1 is not allowed: expected an integer in 0..4096 \(0 = no cap\) or auto"):
