@@ -135,3 +135,18 @@ def test_bench_prints_a_table_of_ratios_and_checks_the_files(tmp_path: Path, cap
     assert 0 < results["bounds"]["full"] <= results["bounds"]["graph"] <= seq["wall"]
     assert (out / "timeline-concurrent.html").exists() and (out / "timeline.png").exists()
     assert main(["bench", "--workers", "0"]) == 2
+
+
+def test_the_provider_table_says_when_only_recorded_call_durations_differ(tmp_path: Path) -> None:
+    from pipeline_patches.bench import _same_files
+
+    runs = {name: tmp_path / name for name in ("reference", "same", "queued", "other")}
+    for name, folder in runs.items():
+        folder.mkdir()
+        duration = 2 if name == "queued" else 1  # a queueing server's wait is part of the call
+        answer = "another answer" if name == "other" else "an answer"
+        (folder / "raw.json").write_text(f'{{"answer": "{answer}", "metadata": {{"duration": {duration}}}}}')
+    assert _same_files(runs["reference"], runs["same"], lenient=False) == "yes"
+    assert _same_files(runs["reference"], runs["queued"], lenient=False) == "lenient"
+    assert _same_files(runs["reference"], runs["other"], lenient=False) == "NO"
+    assert _same_files(runs["reference"], runs["queued"], lenient=True) == "yes"  # a real PlanExe is compared leniently anyway
