@@ -90,7 +90,7 @@ def _task_lines(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_three_worker_processes_on_luigid_run_every_task_once(
+def test_three_worker_processes_on_luigid_run_every_task_once_within_one_cap_on_calls_in_flight(
     http_reference: Path,
     sim_server_factory: Callable[..., SimServer],
     new_run_dir: Callable[[str], Path],
@@ -101,7 +101,7 @@ def test_three_worker_processes_on_luigid_run_every_task_once(
     run_dir = new_run_dir("luigid3")
     cmd = _luigi_cmd(
         run_dir, "--workers", "2", "--no-lock", "--worker-keep-alive", "--worker-wait-interval", "0.1", "--worker-wait-jitter", "0.1",
-        "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid),
+        "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid), "--planexe-concurrency-max-in-flight", "2",
     )
     # Files, not pipes: a worker blocked on a full pipe would hold its tasks, and keep the others alive.
     logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
@@ -127,6 +127,8 @@ def test_three_worker_processes_on_luigid_run_every_task_once(
     assert len(starts) == 61  # 63 tasks; the start-time and plan files were there already
     runners = {x["ppid"] for x in lines}
     assert runners <= {w.pid for w in workers} and len(runners) >= 2
+    # three processes of two workers each, one cap: never more than 2 calls at the server, and 2 reached
+    assert server.peak_in_flight() == 2
     # and the provider saw every call exactly once (no task, no item asked twice)
     per_call = collections.Counter(r.key for r in server.log)
     assert set(per_call.values()) == {1}
