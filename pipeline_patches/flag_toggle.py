@@ -106,8 +106,8 @@ def warm_up(llm_models: Sequence[str], widest: int | None = None) -> float:
     No request is sent (that would cost a user tokens): LLMs with their HTTP clients are
     built without being handed out (``REUSED_LLMS.prime``), so that every forked task
     inherits them instead of building its own (~55 ms each for an OpenAI-style client, most
-    of it loading CA certificates): one per model, and for the first model as many more as
-    one task may have calls in flight (``widest``, from the settings unless given). The
+    of it loading CA certificates): one per model, and of the first model as many as one
+    task may have calls in flight (``widest``, from the settings unless given). The
     spares are built on threads (certificate loading leaves the GIL) while this thread
     imports what a first call would import; all of them are done before this returns, so
     no warm-up thread is alive at a fork.
