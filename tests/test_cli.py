@@ -150,3 +150,11 @@ def test_the_provider_table_says_when_only_recorded_call_durations_differ(tmp_pa
     assert _same_files(runs["reference"], runs["queued"], lenient=False) == "lenient"
     assert _same_files(runs["reference"], runs["other"], lenient=False) == "NO"
     assert _same_files(runs["reference"], runs["queued"], lenient=True) == "yes"  # a real PlanExe is compared leniently anyway
+
+
+def test_the_lenient_compare_forgives_recorded_call_times_and_nothing_else() -> None:
+    from pipeline_patches.compare import normalize
+
+    timed = '{"metadata": {"duration": %d, "duration_total": %d, "duration_average": %d, "duration_max": %d}}'
+    assert normalize(timed % (1, 3, 1, 1)) == normalize(timed % (2, 7, 2, 5))  # a retried call took longer
+    assert normalize('{"days_max": 3}') != normalize('{"days_max": 4}')  # content stays content
