@@ -211,8 +211,8 @@ class ScratchRunDir:
     write (0.2-0.3 ms on a journalled disk, a round trip on shared storage), and linking a
     whole late run directory (~150 files) held every record pass back by ~50 ms. Code that
     reads a file it did not declare fails in the scratch folder with FileNotFoundError; then
-    :meth:`link_the_rest` links the other files and the pass runs again (see
-    :meth:`needs_the_rest`). Of the rest, only files no newer than the task's newest input are
+    :meth:`link_the_rest` links the other files and the pass runs again
+    (:meth:`with_the_rest_if_needed`). Of the rest, only files no newer than the task's newest input are
     linked: a file written after that may be one this task wrote before it was interrupted,
     and a pass writing through a link would change the real file. A pass's own writes are
     removed before the next one.
@@ -256,6 +256,17 @@ class ScratchRunDir:
             except OSError:
                 continue
         self._whole = True
+
+    def with_the_rest_if_needed(self, attempt: Callable[[], Any], before_again: Callable[[], None] = lambda: None) -> Any:
+        """``attempt()``; if it failed on a file missing here (:meth:`needs_the_rest`), link the rest and try once more."""
+        try:
+            return attempt()
+        except Exception as exc:
+            if not self.needs_the_rest(exc):
+                raise
+            self.link_the_rest()
+            before_again()
+            return attempt()
 
     def needs_the_rest(self, exc: BaseException) -> bool:
         """True if ``exc`` (or what it wraps) is a file missing from this folder while only the inputs are linked."""
@@ -320,16 +331,13 @@ class ScratchRunDir:
 def in_scratch(task: luigi.Task, folder: Path, pass_: Callable[[], Any]) -> Any:
     """``pass_()`` once with ``task`` in a fresh :class:`ScratchRunDir` (again if it lacked a file), removed afterwards."""
     scratch = ScratchRunDir(task, folder)
+
+    def attempt() -> Any:
+        with scratch.pass_():
+            return pass_()
+
     try:
-        try:
-            with scratch.pass_():
-                return pass_()
-        except Exception as exc:
-            if not scratch.needs_the_rest(exc):
-                raise
-            scratch.link_the_rest()
-            with scratch.pass_():
-                return pass_()
+        return scratch.with_the_rest_if_needed(attempt)
     finally:
         scratch.close()
 
@@ -442,17 +450,12 @@ def run_speculatively(task: luigi.Task, run_inner: Callable[[luigi.Task], None])
         with uuids.pass_():
             run_inner(task)
 
+    def record_once() -> None:
+        with scratch.copy_pass() as copy_, uuids.pass_():
+            run_inner(copy_)
+
     def record(_pass: int) -> None:
-        try:
-            with scratch.copy_pass() as copy_, uuids.pass_():
-                run_inner(copy_)
-        except Exception as exc:
-            if not scratch.needs_the_rest(exc):
-                raise
-            scratch.link_the_rest()
-            restart_pass()
-            with scratch.copy_pass() as copy_, uuids.pass_():
-                run_inner(copy_)
+        scratch.with_the_rest_if_needed(record_once, before_again=restart_pass)
 
     task._planexe_concurrency_executor = speculative_executor_class()(task, session)  # type: ignore[attr-defined]
     try:

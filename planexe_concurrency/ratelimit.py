@@ -171,6 +171,19 @@ def _remove_pacers() -> None:
 # -- one cap on requests in flight, for every process (and host) of a run ----------------
 
 
+def _try_lock(fd: int, offset: int) -> bool:
+    """Lock one byte of ``fd`` at ``offset`` for this process, if no other process holds it."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+    except OSError:
+        return False
+    return True
+
+
+def _unlock(fd: int, offset: int) -> None:
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+
+
 _WAITER = struct.Struct("<dd")  # priority, waiting since (time.time()); (0, 0) is a free place
 _FREE_PLACE = _WAITER.pack(0.0, 0.0)
 WAITING_PLACES = 1024
@@ -217,11 +230,7 @@ class SharedInFlightCap:
     def _take_place(self, priority: float, since: float) -> int | None:
         with self._lock:
             for place in range(WAITING_PLACES):
-                if place in self._places:
-                    continue
-                try:
-                    fcntl.lockf(self._board, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place * _WAITER.size, os.SEEK_SET)
-                except OSError:  # another process's
+                if place in self._places or not _try_lock(self._board, place * _WAITER.size):  # ours, or another process's
                     continue
                 os.pwrite(self._board, _WAITER.pack(priority, since), place * _WAITER.size)
                 self._places[place] = (priority, since)
@@ -232,21 +241,17 @@ class SharedInFlightCap:
         with self._lock:
             if self._places.pop(place, None) is not None:
                 os.pwrite(self._board, _FREE_PLACE, place * _WAITER.size)
-                fcntl.lockf(self._board, fcntl.LOCK_UN, 1, place * _WAITER.size, os.SEEK_SET)
+                _unlock(self._board, place * _WAITER.size)
 
     def _live(self, place: int) -> bool:
         """Another process's place counts while that process holds its lock; a dead one's is cleared."""
         with self._lock:
-            if place in self._places:
-                return True
-            try:
-                fcntl.lockf(self._board, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place * _WAITER.size, os.SEEK_SET)
-            except OSError:
+            if place in self._places or not _try_lock(self._board, place * _WAITER.size):
                 return True
             try:
                 os.pwrite(self._board, _FREE_PLACE, place * _WAITER.size)
             finally:
-                fcntl.lockf(self._board, fcntl.LOCK_UN, 1, place * _WAITER.size, os.SEEK_SET)
+                _unlock(self._board, place * _WAITER.size)
             return False
 
     def waiting_before(self, priority: float, since: float, place: int | None = None) -> int:
@@ -267,14 +272,9 @@ class SharedInFlightCap:
         free = 0
         with self._lock:
             for slot in range(self._open_slots()):
-                if slot in self._held:
-                    continue
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
-                except OSError:
-                    continue
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
-                free += 1
+                if slot not in self._held and _try_lock(self._fd, slot):
+                    _unlock(self._fd, slot)
+                    free += 1
         return free
 
     def _open_slots(self) -> int:
@@ -286,20 +286,15 @@ class SharedInFlightCap:
         open_slots = self._open_slots()
         with self._lock:
             for slot in range(open_slots):
-                if slot in self._held:
-                    continue
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot, os.SEEK_SET)
-                except OSError:  # another process holds it
-                    continue
-                self._held.add(slot)
-                return slot
+                if slot not in self._held and _try_lock(self._fd, slot):  # else ours, or another process holds it
+                    self._held.add(slot)
+                    return slot
         return None
 
     def give_back(self, slot: int) -> None:
         with self._lock:
             if slot in self._held:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, slot, os.SEEK_SET)
+                _unlock(self._fd, slot)
                 self._held.discard(slot)
 
     def in_use_here(self) -> int:

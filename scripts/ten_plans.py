@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from planexe_concurrency.simllm import SimServer, SimServerConfig  # noqa: E402
-from planexe_concurrency.simllm.server import RequestRecord, max_requests_in_window  # noqa: E402
+from planexe_concurrency.simllm.server import max_requests_in_window, most_at_once  # noqa: E402
 from pipeline_patches.bench import PLAN, SIM_MODEL, START_TIME  # noqa: E402
 from pipeline_patches.compare import differing_files  # noqa: E402
 
@@ -46,16 +46,6 @@ def _start(out: Path, name: str, server: SimServer, cfg: Path, speed: str, worke
         cmd.append("--sequential")
     log = (out / f"{name}.log").open("wb")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run_dir
-
-
-def _held_at_once(records: list[RequestRecord]) -> int:
-    """Most requests the server held at once (being served or waiting in its queue), from its own log."""
-    edges = sorted([(r.arrival, 1) for r in records] + [(r.end, -1) for r in records])
-    best = now = 0
-    for _, step in edges:
-        now += step
-        best = max(best, now)
-    return best
 
 
 def _round(label: str, out: Path, server: SimServer, settings: dict[str, Any], args: argparse.Namespace, reference: Path) -> str:
@@ -78,7 +68,7 @@ def _round(label: str, out: Path, server: SimServer, settings: dict[str, Any], a
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
     return (
         f"| {label} | {args.plans - failed}/{args.plans} | {args.plans - failed - differing}/{args.plans} | "
-        f"{_held_at_once(server.log[first:])} | {max_requests_in_window(server.log[first:], 60.0)} | {len(records)} | "
+        f"{most_at_once((r.arrival, r.end) for r in server.log[first:])} | {max_requests_in_window(server.log[first:], 60.0)} | {len(records)} | "
         f"{makespan:.1f} | {bound:.1f} | {makespan / bound:.2f}x | {statistics.median(latencies):.1f} | {p95:.1f} |"
     )
 

@@ -16,17 +16,8 @@ from planexe_concurrency.config import ConfigError, FanOutSettings, RetryPolicy,
 from planexe_concurrency.fanout import FanOut
 from planexe_concurrency.ratelimit import SharedInFlightCap, in_flight_cap
 from planexe_concurrency.simllm import SimServer
+from planexe_concurrency.simllm.server import most_at_once
 from tests.conftest import PipelineRunner, differing_files, set_concurrency
-
-
-def _overlap(spans: list[tuple[float, float]]) -> int:
-    """Most spans open at one moment."""
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    best = now = 0
-    for _, step in edges:
-        now += step
-        best = max(best, now)
-    return best
 
 
 def test_threads_of_one_process_share_the_slots(tmp_path: Path) -> None:
@@ -67,7 +58,7 @@ def test_forked_processes_never_hold_more_than_the_cap(tmp_path: Path) -> None:
         assert os.waitstatus_to_exitcode(status) == 0
     spans = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
     assert len(spans) == 12
-    assert _overlap(spans) == 1  # the parent's slot left one for all three children together
+    assert most_at_once(spans) == 1  # the parent's slot left one for all three children together
     cap.give_back(held_by_parent)  # type: ignore[arg-type]
 
 

@@ -425,3 +425,10 @@ def test_server_sockets_send_without_nagle_delay(sim_server: SimServer) -> None:
     assert conn.getresponse().status == 200
     conn.close()
     assert seen and all(seen)
+
+
+def test_most_at_once_counts_open_spans_from_any_iterable() -> None:
+    from planexe_concurrency.simllm.server import most_at_once
+
+    spans = [(0.0, 2.0), (1.0, 3.0), (1.5, 1.7), (2.5, 4.0)]
+    assert most_at_once(iter(spans)) == 3 and most_at_once([]) == 0

@@ -34,6 +34,7 @@ __all__ = [
     "is_loopback_host",
     "load_log",
     "max_requests_in_window",
+    "most_at_once",
     "peak_in_flight",
 ]
 
@@ -134,6 +135,17 @@ class RequestRecord:
 def peak_in_flight(records: Iterable[RequestRecord]) -> int:
     """Largest number of admitted requests being processed at once."""
     return max((r.in_flight_at_start for r in records if r.accepted), default=0)
+
+
+def most_at_once(spans: Iterable[tuple[float, float]]) -> int:
+    """Most ``(start, end)`` spans open at one moment (for requests: arrival to end, their queue wait included)."""
+    spans = list(spans)
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    best = now = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
 
 
 def max_requests_in_window(records: Iterable[RequestRecord], seconds: float = 60.0, accepted_only: bool = True) -> int:
