@@ -24,7 +24,7 @@ from planexe_concurrency.events import default_listeners
 from planexe_concurrency.fanout import FanOut, ItemFailedError
 from planexe_concurrency.llm_executor import ConcurrentLLMExecutor, StopCheck
 from planexe_concurrency.ratelimit import (
-    SharedInFlightCap, SharedSlotFile, in_flight_cap, pace_llm_requests, stop_pacing_llm_requests,
+    SharedInFlightCap, SharedSlotFile, gate_llm_requests, in_flight_cap,
 )
 from planexe_concurrency.resume import StartMarks
 
@@ -117,24 +117,27 @@ def in_flight_cap_for(task: luigi.Task) -> SharedInFlightCap | None:
 def fanout_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool = True) -> FanOut:
     """A FanOut for one of ``task``'s loops (or, with ``listeners=False``, for one plain call).
 
-    With a request budget, every request of the process is paced where llama-index sends
-    it (:func:`pace_llm_requests`), so the FanOut itself does not pace again.
+    The request budget and the in-flight cap are applied where llama-index sends each request
+    (:func:`gate_llm_requests`), so the FanOut itself neither paces nor holds the cap's slot
+    for a whole attempt: a slot is held only while a request is out, not while PlanExe's code
+    builds the prompt or parses the answer.
     """
     planexe = load_planexe()
-    slots = rate_limit_slots(task)
-    if slots is not None:
-        pace_llm_requests(slots)
-        settings = replace(settings, requests_per_minute=0.0)
-    else:
-        stop_pacing_llm_requests()  # the budget was lifted since (one process, several runs)
     cfg = read_config()
+    slots = rate_limit_slots(task)
+    cap = in_flight_cap_for(task)
+    priority = _chain_ahead(task) if cfg.critical_path_first else 0.0
+    gate_llm_requests(slots, cap, priority)  # none of either: the gate is removed (one process, several runs)
+    if slots is not None:
+        settings = replace(settings, requests_per_minute=0.0)
     return FanOut(
         settings,
         task=task.task_family,
         listeners=default_listeners(cfg.events_file or None) if listeners else [],
         stop_exceptions=(planexe.PipelineStopRequested,),
-        in_flight=in_flight_cap_for(task),
-        priority=_chain_ahead(task) if cfg.critical_path_first else 0.0,
+        in_flight=cap,
+        priority=priority,
+        in_flight_per_request=cap is not None,
     )
 
 

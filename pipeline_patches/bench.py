@@ -35,7 +35,7 @@ from typing import Any, Sequence
 from planexe_concurrency.events import read_events
 from planexe_concurrency.plots import gantt_html, gantt_png, item_spans, sweep_png
 from planexe_concurrency.simllm import SimServer, SimServerConfig
-from planexe_concurrency.simllm.server import RequestRecord, peak_in_flight
+from planexe_concurrency.simllm.server import RequestRecord, most_at_once
 from planexe_concurrency.timing import TaskCalls, bounds, calls_per_task, read_task_spans, scheduling_gaps
 
 from .compare import differing_files
@@ -162,7 +162,7 @@ def run_pipeline(
         ok=bool(summary["ok"]),
         wall=float(summary["wall"]),
         calls=len(records),
-        peak_in_flight=peak_in_flight(records),
+        peak_in_flight=most_at_once((r.arrival, r.end) for r in records),  # queued or refused ones too: what the client sent
         overhead_per_task=_overhead_per_task(run_dir, records),
         run_dir=str(run_dir),
         graph=summary["graph"],
@@ -170,6 +170,77 @@ def run_pipeline(
         gap_per_task=_gap_per_task(run_dir, summary["graph"]),
         warm_up=float(summary.get("warm_up", 0.0)),
     )
+
+
+def run_luigi_module(
+    label: str, run_dir: Path, *, workers: int, max_parallel: int, speed: str, server: SimServer, python: str,
+    env: dict[str, str], graph: dict[str, list[str]],
+) -> RunResult:
+    """One concurrent run through Luigi's own command line (``luigi --module pipeline_patches.pipeline``).
+
+    It writes no summary: its wall is its task span (first task start to last task end), and so
+    is the span :func:`entry_point_table` compares it with.
+    """
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "001-1-start_time.json").write_text(START_TIME, encoding="utf-8")
+    (run_dir / "001-2-plan.txt").write_text(PLAN, encoding="utf-8")
+    state = state_dir_for(run_dir)
+    cmd = [
+        python, "-m", "luigi", "--module", "pipeline_patches.pipeline", "ConcurrentFullPlanPipeline",
+        "--run-id-dir", str(run_dir.resolve()), "--llm-models", json.dumps([SIM_MODEL]),
+        "--speedvsdetail", {"all_details": "ALL_DETAILS_BUT_SLOW", "fast": "FAST_BUT_SKIP_DETAILS"}[speed],
+        "--workers", str(workers), "--local-scheduler", "--log-level", "WARNING",
+        "--planexe-concurrency-max-parallel", str(max_parallel),
+        "--planexe-concurrency-task-events-file", str(state / "tasks.jsonl"),
+        "--planexe-concurrency-events-file", str(state / "events.jsonl"),
+    ]
+    t0 = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    t1 = time.time()
+    start, end = _span_of_dir(run_dir)
+    if proc.returncode != 0 or end == float("inf"):
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise RuntimeError(f"{label}: the run failed (exit {proc.returncode}); output above")
+    records = _records_between(server.log, t0, t1)
+    return RunResult(
+        label=label, sequential=False, workers=workers, max_parallel=max_parallel, ok=True, wall=end - start,
+        calls=len(records), peak_in_flight=most_at_once((r.arrival, r.end) for r in records),
+        overhead_per_task=_overhead_per_task(run_dir, records), run_dir=str(run_dir), graph=graph,
+        gap_per_task=_gap_per_task(run_dir, graph), warm_up=0.0,
+    )
+
+
+def entry_point_table(results: Sequence[RunResult], reference: RunResult, identical: dict[str, bool]) -> str:
+    """``run`` against ``luigi --module``, each by its task span (the one measure both have)."""
+    seq_span = _task_span(reference)
+    run_rows = [r for r in results if not r.sequential and r.fidelity == "exact" and not r.label.startswith("luigi")]
+    luigi_rows = [r for r in results if r.label.startswith("luigi")]
+    best_run = max((seq_span / _task_span(r) for r in run_rows), default=0.0)
+    rows = [
+        "| run | entry point | task span (s) | speed-up | vs the run path's best | same files |",
+        "|---|---|---:|---:|---:|---|",
+        f"| {reference.label} | run --sequential | {seq_span:.1f} | 1.00x | | reference |",
+    ]
+    for r in [*run_rows, *luigi_rows]:
+        speedup = seq_span / _task_span(r)
+        entry = "luigi --module" if r in luigi_rows else "run"
+        rows.append(
+            f"| {r.label} | {entry} | {_task_span(r):.1f} | {speedup:.2f}x | {best_run / speedup:.2f}x | "
+            f"{'yes' if identical.get(r.label) else 'NO'} |"
+        )
+    rows.append("")
+    rows.append(
+        "Task span: the first task's start to the last task's end, from each run's tasks.jsonl (`luigi --module` "
+        "prints no summary). Vs the run path's best: the best `run` speed-up over this row's (1.00x = as fast)."
+    )
+    return "\n".join(rows)
+
+
+def _task_span(run: RunResult) -> float:
+    start, end = _span_of(run)
+    return end - start
 
 
 def compute_bounds(sequential: RunResult, server_log: Sequence[RequestRecord], relaxed: RunResult | None = None) -> Any:
@@ -270,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default=sys.executable, help="the Python to run the pipeline with (PlanExe's venv for --planexe)")
     p.add_argument("--extra", default="", help="extra arguments for 'planexe-concurrency run' of the concurrent runs")
     p.add_argument("--relaxed", action="store_true", help="also run the concurrent configuration with fidelity = relaxed")
+    p.add_argument("--luigi-module", action="store_true",
+                   help="also run the concurrent configuration through Luigi's own command line (luigi --module), --repeat times")
     p.add_argument(
         "--provider-slots", type=_csv_ints,
         help="e.g. 1,2,4,8: instead of the before/after table, one table of a provider that serves K requests at a time",
@@ -350,6 +423,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_parallel=args.max_parallel, extra=extra, fidelity="relaxed", **common,
                     )
                 )
+        if args.luigi_module:
+            graph = next(r.graph for r in results if not r.sequential)
+            for rep in range(args.repeat):
+                label = f"luigi --module #{rep + 1}"
+                print(f"bench: {label} ...", flush=True)
+                results.append(
+                    run_luigi_module(
+                        label, args.out / f"luigi-module-{rep + 1}", workers=args.workers, max_parallel=args.max_parallel,
+                        graph=graph, **common,
+                    )
+                )
         sweep: list[RunResult] = []
         for w in args.sweep_workers or []:
             for m in args.sweep_max_parallel or [args.max_parallel]:
@@ -370,9 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in everything
         if r is not reference and r.fidelity == "exact"
     }
-    table = format_table(everything, reference, b, identical, rb)
+    table = format_table([r for r in everything if not r.label.startswith("luigi")], reference, b, identical, rb)
     command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report = f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}).\n\n{table}\n"
+    if args.luigi_module:
+        report += f"\nThe two entry points, by task span:\n\n{entry_point_table(results, reference, identical)}\n"
     first_exact = next((r for r in results if not r.sequential and r.fidelity == "exact"), None)
     if first_exact is not None:
         report += f"\nPer task, in {first_exact.label} (speculative fan-out: record passes beside the real pass):\n\n{speculation_table(Path(first_exact.run_dir))}\n"
@@ -408,7 +494,7 @@ def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int
     sequential run / K): K slots cannot finish the calls sooner than that.
     """
     lines = [
-        "| K | provider | run | wall (s) | speed-up | peak in flight (server) | refused (429) | bound (s) | vs bound | same files |",
+        "| K | provider | run | wall (s) | speed-up | peak sent at once (server) | refused (429) | bound (s) | vs bound | same files |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     ok = True
@@ -465,7 +551,12 @@ def _same_files(reference: Path, run: Path, lenient: bool) -> str:
 
 def _span_of(run: RunResult) -> tuple[float, float]:
     """When a run's first task started and its last one ended (its requests lie in between)."""
-    spans = read_task_spans(state_dir_for(run.run_dir) / "tasks.jsonl")
+    return _span_of_dir(Path(run.run_dir))
+
+
+def _span_of_dir(run_dir: Path) -> tuple[float, float]:
+    path = state_dir_for(run_dir) / "tasks.jsonl"
+    spans = read_task_spans(path) if path.exists() else []
     return (min(s.start for s in spans), max(s.end for s in spans)) if spans else (0.0, float("inf"))
 
 

@@ -39,7 +39,7 @@ from tenacity import RetryCallState
 
 from .config import FanOutSettings
 from .events import EventBus, ItemEvent, ItemState, Listener, make_event, one_line
-from .ratelimit import RequestPacer, SharedInFlightCap, SharedSlotFile, is_overload
+from .ratelimit import RequestPacer, SharedInFlightCap, SharedSlotFile, is_overload, request_priority
 from .resume import ItemCache
 from .retry import build_retrying, retry_after_seconds
 
@@ -108,7 +108,9 @@ Job = Callable[[ItemContext], Awaitable[R]]
 class FanOut:
     """Concurrent, ordered, retried execution of independent items. See the module docstring."""
 
-    __slots__ = ("settings", "task", "bus", "stop_exceptions", "shared_slots", "sleep", "in_flight", "priority")
+    __slots__ = (
+        "settings", "task", "bus", "stop_exceptions", "shared_slots", "sleep", "in_flight", "priority", "in_flight_per_request",
+    )
 
     def __init__(
         self,
@@ -121,10 +123,14 @@ class FanOut:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         in_flight: SharedInFlightCap | None = None,
         priority: float = 0.0,
+        in_flight_per_request: bool = False,
     ) -> None:
         self.settings = settings
         self.in_flight = in_flight
-        self.priority = priority  # for the in-flight cap's waiting order: higher first
+        self.priority = priority  # the waiting order for in-flight and budget slots: higher first
+        # True: the cap's slot is held by each request, not the attempt (the caller installed
+        # ratelimit.gate_llm_requests with this cap); the attempt still reports to it.
+        self.in_flight_per_request = in_flight_per_request
         self.task = task
         self.bus = EventBus(listeners)
         self.stop_exceptions = stop_exceptions
@@ -197,6 +203,10 @@ class _Run:
         self.total = total
         self.loop = asyncio.get_running_loop()
         width = min(fan.settings.max_parallel, total)
+        if fan.in_flight is not None:
+            # No more threads than the run may have calls in flight: a thread beyond that would
+            # only wait, and build an HTTP client of its own (the warm-up primes that many).
+            width = min(width, fan.in_flight.limit)
         self.semaphore = asyncio.Semaphore(width)
         # +1 thread so that cache I/O and stop callbacks never wait behind LLM calls.
         self.pool = concurrent.futures.ThreadPoolExecutor(
@@ -232,7 +242,7 @@ class _Run:
                         limit = {"limit": cap.current_limit()} if cap is not None else {}
                         self.emit(ctx.index, ItemState.RUNNING, attempt=ctx.attempts, label=ctx.label, **limit)
                         try:
-                            result = await self.loop.run_in_executor(self.pool, fn)
+                            result = await self.loop.run_in_executor(self.pool, self._with_priority, fn)
                         except Exception as exc:
                             ctx.errors.append(f"{ctx.attempts}) {type(exc).__name__}: {exc}")
                             if cap is not None and is_overload(exc):
@@ -244,9 +254,17 @@ class _Run:
 
     def _in_flight_slot(self) -> Any:
         """The run-wide cap on calls in flight (``max_in_flight``), held for one attempt only:
-        a backoff sleep or a wait for the request budget holds no slot."""
+        a backoff sleep or a wait for the request budget holds no slot. (Per request instead,
+        when the requests hold it themselves.)"""
         cap = self.fan.in_flight
-        return cap.hold(self.fan.sleep, self.fan.priority) if cap is not None else contextlib.nullcontext()
+        if cap is None or self.fan.in_flight_per_request:
+            return contextlib.nullcontext()
+        return cap.hold(self.fan.sleep, self.fan.priority)
+
+    def _with_priority(self, fn: Callable[[], T]) -> T:
+        """``fn`` in a pool thread whose requests wait for slots with this fan-out's priority."""
+        with request_priority(self.fan.priority):
+            return fn()
 
     async def _one(self, job: Job[R], index: int, label: str, cache: ItemCache[R] | None) -> R:
         started = time.perf_counter()

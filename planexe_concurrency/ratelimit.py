@@ -13,13 +13,17 @@ forked child, so N limiters of R requests/minute would let N x R through. Two la
 
 And one cap on the requests in flight at once (``max_in_flight``), for local servers that
 serve K at a time and hosted keys with a concurrency limit: :class:`SharedInFlightCap`,
-record locks on a file that every process (and host) of a run names. Requests that wait for
-a slot go in order of priority (the caller's: the longest chain of tasks still ahead), then
-of arrival, whichever process they wait in.
+record locks on a file that every process (and host) of a run names.
+
+Requests that wait for a budget slot or an in-flight slot go in order of priority (the
+caller's: the longest chain of tasks still ahead), then of arrival, whichever process they
+wait in (:class:`WaitingBoard`). :func:`gate_llm_requests` applies both to every request
+llama-index sends, from the moment it goes out to the moment its answer is in.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import random
@@ -27,9 +31,114 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiolimiter import AsyncLimiter
+
+
+def _try_lock(fd: int, offset: int) -> bool:
+    """Lock one byte of ``fd`` at ``offset`` for this process, if no other process holds it."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
+    except OSError:
+        return False
+    return True
+
+
+def _unlock(fd: int, offset: int) -> None:
+    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+
+
+_WAITER = struct.Struct("<dd")  # priority, waiting since (time.time()); (0, 0) is a free place
+_FREE_PLACE = _WAITER.pack(0.0, 0.0)
+WAITING_PLACES = 1024
+
+
+class WaitingBoard:
+    """Who waits for a shared resource, with what priority and since when, across processes.
+
+    ``<file>.waiting`` holds places of (priority, waiting since); each taken place is held by
+    an ``fcntl`` record lock of its own, so a dead process's places do not count (the kernel
+    drops its locks) and are cleared by the next reader. Record locks belong to a process,
+    not a thread, so this process also keeps a dict of its own places. One instance per file
+    and process (closing any descriptor of the file would release all of the process's locks).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+        self._places: dict[int, tuple[float, float]] = {}
+        os.register_at_fork(after_in_child=self._forget_parents_places)
+
+    def _forget_parents_places(self) -> None:  # pragma: no cover - runs in a forked child (tests fork; coverage is the parent's)
+        # A forked child holds none of its parent's locks (they are not inherited).
+        self._lock = threading.Lock()
+        self._places = {}
+
+    def take_place(self, priority: float, since: float) -> int | None:
+        with self._lock:
+            for place in range(WAITING_PLACES):
+                if place in self._places or not _try_lock(self._fd, place * _WAITER.size):  # ours, or another process's
+                    continue
+                os.pwrite(self._fd, _WAITER.pack(priority, since), place * _WAITER.size)
+                self._places[place] = (priority, since)
+                return place
+        return None  # the board is full: wait without a place (first come is then not assured)
+
+    def leave_place(self, place: int) -> None:
+        with self._lock:
+            if self._places.pop(place, None) is not None:
+                os.pwrite(self._fd, _FREE_PLACE, place * _WAITER.size)
+                _unlock(self._fd, place * _WAITER.size)
+
+    def _live(self, place: int) -> bool:
+        """Another process's place counts while that process holds its lock; a dead one's is cleared."""
+        with self._lock:
+            if place in self._places or not _try_lock(self._fd, place * _WAITER.size):
+                return True
+            try:
+                os.pwrite(self._fd, _FREE_PLACE, place * _WAITER.size)
+            finally:
+                _unlock(self._fd, place * _WAITER.size)
+            return False
+
+    def waiting_before(self, priority: float, since: float, place: int | None = None) -> int:
+        """How many live waiters go before one of ``priority`` waiting since ``since`` (at ``place``):
+        a higher priority, or the same and waiting longer."""
+        board = os.pread(self._fd, _WAITER.size * WAITING_PLACES, 0).rstrip(b"\0")  # places are taken lowest first
+        board += b"\0" * (-len(board) % _WAITER.size)
+        mine = place if place is not None else WAITING_PLACES
+        before = 0
+        for other, (p, s) in enumerate(_WAITER.iter_unpack(board)):
+            if s == 0.0 or other == place:
+                continue
+            if p > priority or (p == priority and (s < since or (s == since and other < mine))):
+                before += self._live(other)
+        return before
+
+
+_boards: dict[str, WaitingBoard] = {}
+_boards_lock = threading.Lock()
+
+
+def waiting_board(path: str | os.PathLike[str]) -> WaitingBoard:
+    """The process's one board for ``path`` (see :class:`WaitingBoard` for why only one)."""
+    key = str(Path(path).resolve())
+    with _boards_lock:
+        board = _boards.get(key)
+        if board is None:
+            board = _boards[key] = WaitingBoard(path)
+        return board
+
+
+def _waiting_pause(poll: float, ahead: int) -> float:
+    """How long a waiter sleeps before it looks again: the first in line looks often (a slot it
+    misses is idle time at the provider), the ones behind it less often the further back they are;
+    with jitter, so processes waiting together do not move in step."""
+    base = poll * 0.2 if ahead == 0 else min(0.05, poll * ahead)
+    return base * (1.0 + random.random())
 
 
 class SharedSlotFile:
@@ -37,22 +146,31 @@ class SharedSlotFile:
 
     >>> slots = SharedSlotFile("/tmp/llm-budget.slot", requests_per_minute=120)
     >>> delay = slots.reserve()   # seconds to sleep before sending the request
+
+    :meth:`wait_for_slot` takes slots in order of priority instead: a request takes the next
+    slot only when it is due and no live waiter goes before it (``<file>.waiting``), so a
+    critical request that comes late still goes before side requests that wait longer.
     """
 
-    __slots__ = ("path", "interval", "_clock")
+    __slots__ = ("path", "interval", "poll", "_clock")
 
     def __init__(
-        self, path: str | os.PathLike[str], requests_per_minute: float, clock: Callable[[], float] = time.time
+        self, path: str | os.PathLike[str], requests_per_minute: float, clock: Callable[[], float] = time.time,
+        poll: float = 0.005,
     ) -> None:
         if requests_per_minute <= 0:
             raise ValueError("requests_per_minute must be > 0 for a shared slot file")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.interval = 60.0 / requests_per_minute
+        self.poll = poll
         self._clock = clock
 
-    def reserve(self) -> float:
-        """Take the next free slot; returns how long to wait until it starts."""
+    def reserve(self, within: float | None = None) -> float | None:
+        """Take the next free slot; returns how long to wait until it starts.
+
+        With ``within``, take it only if it starts within that many seconds (else None).
+        """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -60,14 +178,48 @@ class SharedSlotFile:
             next_free = struct.unpack("<d", raw)[0] if len(raw) == 8 else 0.0
             now = self._clock()
             slot = max(now, next_free)
+            if within is not None and slot - now > within:
+                return None
             os.pwrite(fd, struct.pack("<d", slot + self.interval), 0)
             return slot - now
         finally:
             os.close(fd)  # closing releases the lock
 
+    def due_in(self) -> float:
+        """Seconds until the next free slot starts (0 when it is free now)."""
+        try:
+            raw = Path(self.path).read_bytes()[:8]
+        except FileNotFoundError:
+            return 0.0
+        return max(0.0, struct.unpack("<d", raw)[0] - self._clock()) if len(raw) == 8 else 0.0
+
+    def wait_for_slot(self, priority: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Block until this request may go, in order of priority, then of arrival (see the class)."""
+        board = waiting_board(f"{self.path}.waiting")
+        since = time.time()
+        place: int | None = None
+        try:
+            while True:
+                ahead = board.waiting_before(priority, since, place)
+                if ahead == 0:
+                    delay = self.reserve(within=self.poll)
+                    if delay is not None:
+                        if delay > 0:
+                            sleep(delay)
+                        return
+                if place is None:
+                    place = board.take_place(priority, since)
+                pause = _waiting_pause(self.poll, ahead)
+                if ahead == 0:  # first in line: sleep until the slot is nearly due
+                    pause = max(pause, self.due_in() - self.poll)
+                sleep(pause)
+        finally:
+            if place is not None:
+                board.leave_place(place)
+
     async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         delay = await asyncio.to_thread(self.reserve)
-        if delay > 0:
+        if delay:
             await sleep(delay)
 
 
@@ -98,95 +250,130 @@ class RequestPacer:
             await self._limiter.acquire()
 
 
-# -- pacing every request an LLM sends, wherever it is sent from --------------------------
+# -- gating every request an LLM sends, wherever it is sent from --------------------------
 
 # Wrappers that dispatch a start event of their own and then call the wrapped LLM, which
 # dispatches another: only the inner one is a request.
 _WRAPPER_CLASS_NAMES = frozenset({"structured_llm"})
 
-_pacers: dict[str, Any] = {}
-_pacers_lock = threading.Lock()
+_this_thread = threading.local()  # .priority: of the requests this thread sends; .held: (cap, slot)
+_gate: dict[str, Any] = {}  # "key", "handler", "priority" (the process's default)
+_gate_lock = threading.Lock()
 
 
-def pace_llm_requests(slots: SharedSlotFile) -> None:
-    """Make every llama-index LLM request in this process wait for a slot of ``slots`` first.
+@contextlib.contextmanager
+def request_priority(priority: float) -> Iterator[None]:
+    """The requests this thread sends inside the block wait with ``priority``; any
+    in-flight slot the block's last request still holds (one that raised: llama-index
+    dispatches no end event then) is given back at the end."""
+    before = getattr(_this_thread, "priority", None)
+    _this_thread.priority = priority
+    try:
+        yield
+    finally:
+        _this_thread.priority = before
+        release_request_slot()
 
-    The fan-out's own pacer sees one slot per attempt, but an attempt of PlanExe's code may
-    send several requests (a task's ``run_with_llm`` often does). llama-index announces each
-    request with an ``LLMChatStartEvent`` / ``LLMCompletionStartEvent`` in the calling thread,
-    before the request goes out; a handler that sleeps there paces every request, whichever
-    code sent it. Installed once per process and slot file (a forked child inherits it).
+
+def release_request_slot() -> None:
+    held = getattr(_this_thread, "held", None)
+    if held is not None:
+        _this_thread.held = None
+        held[0].give_back(held[1])
+
+
+def gate_llm_requests(
+    slots: SharedSlotFile | None = None, cap: "SharedInFlightCap | None" = None, priority: float = 0.0
+) -> None:
+    """Make every llama-index LLM request in this process wait for a slot of the request
+    budget ``slots`` first, and hold a slot of the in-flight ``cap`` from its start to its end.
+
+    The fan-out sees one attempt, but an attempt of PlanExe's code may send several requests
+    (a task's ``run_with_llm`` often does) and spends time parsing around them. llama-index
+    announces each request with an ``LLMChatStartEvent`` / ``LLMCompletionStartEvent`` in the
+    calling thread before it goes out, and an end event after the answer: a handler that
+    waits at the start and lets go at the end gates every request, whichever code sent it,
+    and holds a provider slot only while the provider works. Waiters go in order of the
+    thread's :func:`request_priority` (else ``priority``, the process's default), then of
+    arrival. Installed once per process (a forked child inherits it); calling it again with
+    other slots or another cap replaces the gate, with ``slots=None, cap=None`` removes it.
 
     Limits: a provider class whose ``chat`` is built on its own ``complete`` (llama-index's
-    ``CustomLLM``) announces one request twice and is paced twice as strictly; an async call
-    would block its event loop while it waits (PlanExe's calls are synchronous).
+    ``CustomLLM``) announces one request twice and is paced twice as strictly (it takes one
+    in-flight slot, held for the inner request); an async call is paced but holds no
+    in-flight slot here (waiting would block its event loop; PlanExe's calls are synchronous).
     """
-    key = f"{slots.path.resolve()}@{slots.interval!r}"
-    with _pacers_lock:
-        if key in _pacers:
+    key = "|".join((
+        f"{slots.path.resolve()}@{slots.interval!r}" if slots is not None else "",
+        f"{cap.path.resolve()}@{cap.limit}" if cap is not None else "",
+    ))
+    with _gate_lock:
+        _gate["priority"] = priority
+        if _gate.get("key") == key:
             return
-        # One budget per process: a pacer for another file or rate replaces the old one.
-        _remove_pacers()
+        _remove_gate()
+        if slots is None and cap is None:
+            return
         from llama_index.core.instrumentation import get_dispatcher
         from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-        from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCompletionStartEvent
+        from llama_index.core.instrumentation.events.llm import (
+            LLMChatEndEvent, LLMChatStartEvent, LLMCompletionEndEvent, LLMCompletionStartEvent,
+        )
 
-        class _RequestPacingHandler(BaseEventHandler):
+        starts, ends = (LLMChatStartEvent, LLMCompletionStartEvent), (LLMChatEndEvent, LLMCompletionEndEvent)
+
+        class _RequestGateHandler(BaseEventHandler):
             @classmethod
             def class_name(cls) -> str:
-                return "PlanExeConcurrencyRequestPacer"
+                return "PlanExeConcurrencyRequestGate"
 
             def handle(self, event: Any, **kwargs: Any) -> None:
-                if not isinstance(event, (LLMChatStartEvent, LLMCompletionStartEvent)):
+                if isinstance(event, ends):
+                    release_request_slot()
+                    return
+                if not isinstance(event, starts):
                     return
                 model = getattr(event, "model_dict", None) or {}
                 if model.get("class_name") in _WRAPPER_CLASS_NAMES:
                     return
-                delay = slots.reserve()
-                if delay > 0:
-                    time.sleep(delay)
+                chosen = getattr(_this_thread, "priority", None)
+                wait_with = _gate.get("priority", 0.0) if chosen is None else chosen
+                if slots is not None:
+                    slots.wait_for_slot(wait_with)
+                if cap is not None and getattr(_this_thread, "held", None) is None and not _in_event_loop():
+                    _this_thread.held = (cap, cap.take(wait_with))
 
-        handler = _RequestPacingHandler()
+        handler = _RequestGateHandler()
         get_dispatcher().add_event_handler(handler)
-        _pacers[key] = handler
+        _gate.update(key=key, handler=handler)
 
 
-def stop_pacing_llm_requests() -> None:
-    """Remove every handler :func:`pace_llm_requests` installed in this process (tests)."""
-    with _pacers_lock:
-        _remove_pacers()
-
-
-def _remove_pacers() -> None:
-    if not _pacers:
-        return
-    from llama_index.core.instrumentation import get_dispatcher
-
-    root = get_dispatcher()
-    installed = list(_pacers.values())
-    root.event_handlers = [h for h in root.event_handlers if all(h is not p for p in installed)]
-    _pacers.clear()
-
-
-# -- one cap on requests in flight, for every process (and host) of a run ----------------
-
-
-def _try_lock(fd: int, offset: int) -> bool:
-    """Lock one byte of ``fd`` at ``offset`` for this process, if no other process holds it."""
+def _in_event_loop() -> bool:
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-    except OSError:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return False
     return True
 
 
-def _unlock(fd: int, offset: int) -> None:
-    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
+def ungate_llm_requests() -> None:
+    """Remove the handler :func:`gate_llm_requests` installed in this process."""
+    with _gate_lock:
+        _remove_gate()
 
 
-_WAITER = struct.Struct("<dd")  # priority, waiting since (time.time()); (0, 0) is a free place
-_FREE_PLACE = _WAITER.pack(0.0, 0.0)
-WAITING_PLACES = 1024
+def _remove_gate() -> None:
+    handler = _gate.pop("handler", None)
+    _gate.pop("key", None)
+    if handler is None:
+        return
+    from llama_index.core.instrumentation import get_dispatcher
+
+    root = get_dispatcher()
+    root.event_handlers = [h for h in root.event_handlers if h is not handler]
+
+
+# -- one cap on requests in flight, for every process (and host) of a run ----------------
 
 
 class SharedInFlightCap:
@@ -199,11 +386,10 @@ class SharedInFlightCap:
     a set of the slots they hold. Get one instance per file and process with :func:`in_flight_cap`:
     closing any descriptor of the file would release all of the process's locks on it.
 
-    A request that finds no slot free takes a place on a waiting board (``<file>.waiting``:
-    its priority and since when it waits, under a record lock of its own, so a dead
-    process's places do not count) and takes a slot only once no live waiter goes before it
-    (a higher priority, or the same and waiting longer), unless more slots are free than
-    waiters go before it. With equal priorities that is first come, first served.
+    A request that finds no slot free takes a place on a :class:`WaitingBoard`
+    (``<file>.waiting``) and takes a slot only once no live waiter goes before it (a higher
+    priority, or the same and waiting longer), unless more slots are free than waiters go
+    before it. With equal priorities that is first come, first served.
     """
 
     def __init__(self, path: str | os.PathLike[str], limit: int, poll: float = 0.005) -> None:
@@ -214,58 +400,18 @@ class SharedInFlightCap:
         self.poll = poll
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        self._board = os.open(f"{self.path}.waiting", os.O_RDWR | os.O_CREAT, 0o644)
+        self.board = waiting_board(f"{self.path}.waiting")
         self._lock = threading.Lock()
         self._held: set[int] = set()
-        self._places: dict[int, tuple[float, float]] = {}  # this process's places on the board
         os.register_at_fork(after_in_child=self._forget_parents_slots)
 
     def _forget_parents_slots(self) -> None:  # pragma: no cover - runs in a forked child (tests fork; coverage is the parent's)
         # A forked child holds none of its parent's locks (they are not inherited).
         self._lock = threading.Lock()
         self._held = set()
-        self._places = {}
-
-    # -- the waiting board ------------------------------------------------------------------
-    def _take_place(self, priority: float, since: float) -> int | None:
-        with self._lock:
-            for place in range(WAITING_PLACES):
-                if place in self._places or not _try_lock(self._board, place * _WAITER.size):  # ours, or another process's
-                    continue
-                os.pwrite(self._board, _WAITER.pack(priority, since), place * _WAITER.size)
-                self._places[place] = (priority, since)
-                return place
-        return None  # the board is full: wait without a place (first come is then not assured)
-
-    def _leave_place(self, place: int) -> None:
-        with self._lock:
-            if self._places.pop(place, None) is not None:
-                os.pwrite(self._board, _FREE_PLACE, place * _WAITER.size)
-                _unlock(self._board, place * _WAITER.size)
-
-    def _live(self, place: int) -> bool:
-        """Another process's place counts while that process holds its lock; a dead one's is cleared."""
-        with self._lock:
-            if place in self._places or not _try_lock(self._board, place * _WAITER.size):
-                return True
-            try:
-                os.pwrite(self._board, _FREE_PLACE, place * _WAITER.size)
-            finally:
-                _unlock(self._board, place * _WAITER.size)
-            return False
 
     def waiting_before(self, priority: float, since: float, place: int | None = None) -> int:
-        """How many live waiters go before one of ``priority`` waiting since ``since`` (at ``place``)."""
-        board = os.pread(self._board, _WAITER.size * WAITING_PLACES, 0).rstrip(b"\0")  # places are taken lowest first
-        board += b"\0" * (-len(board) % _WAITER.size)
-        mine = place if place is not None else WAITING_PLACES
-        before = 0
-        for other, (p, s) in enumerate(_WAITER.iter_unpack(board)):
-            if s == 0.0 or other == place:
-                continue
-            if p > priority or (p == priority and (s < since or (s == since and other < mine))):
-                before += self._live(other)
-        return before
+        return self.board.waiting_before(priority, since, place)
 
     def _free_slots(self) -> int:
         """Slots no process holds now (each probed, then let go)."""
@@ -310,23 +456,42 @@ class SharedInFlightCap:
     def overloaded(self, retry_after: float | None = None) -> None:
         """The provider turned a call away for load (an adaptive cap shrinks; a fixed one does nothing)."""
 
+    def _look(self, priority: float, since: float, place: int | None) -> tuple[int | None, int | None, float]:
+        """One look at the slots: (a slot taken or None, this waiter's place, how long to pause)."""
+        ahead = self.board.waiting_before(priority, since, place)
+        if ahead == 0 or ahead < self._free_slots():
+            slot = self.try_take()
+            if slot is not None:
+                return slot, place, 0.0
+        if place is None:
+            place = self.board.take_place(priority, since)
+        return None, place, _waiting_pause(self.poll, ahead)
+
     async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, priority: float = 0.0) -> int:
-        """Wait for a slot, in the board's order: poll, with jitter so processes waiting together do not move in step."""
-        since = time.time()
-        place: int | None = None
+        """Wait for a slot, in the board's order."""
+        since, place = time.time(), None
         try:
             while True:
-                before = self.waiting_before(priority, since, place)
-                if before == 0 or before < self._free_slots():
-                    slot = self.try_take()
-                    if slot is not None:
-                        return slot
-                if place is None:
-                    place = self._take_place(priority, since)
-                await sleep(self.poll * (1.0 + random.random()))
+                slot, place, pause = self._look(priority, since, place)
+                if slot is not None:
+                    return slot
+                await sleep(pause)
         finally:
             if place is not None:
-                self._leave_place(place)
+                self.board.leave_place(place)
+
+    def take(self, priority: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> int:
+        """:meth:`acquire` for a thread that is not in an event loop (a request's own thread)."""
+        since, place = time.time(), None
+        try:
+            while True:
+                slot, place, pause = self._look(priority, since, place)
+                if slot is not None:
+                    return slot
+                sleep(pause)
+        finally:
+            if place is not None:
+                self.board.leave_place(place)
 
     def hold(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, priority: float = 0.0) -> "_HeldSlot":
         return _HeldSlot(self, sleep, priority)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,14 +123,15 @@ def test_patch_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.slow
 def test_bench_prints_a_table_of_ratios_and_checks_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
-    code = main(["bench", "--latency", "0.02", "--speed", "fast", "--workers", "2", "--max-parallel", "4", "--out", str(out)])
+    code = main(["bench", "--latency", "0.02", "--speed", "fast", "--workers", "2", "--max-parallel", "4", "--luigi-module", "--out", str(out)])
     assert code == 0
     report = (out / "results.md").read_text()
+    assert re.search(r"\| luigi --module #1 \| luigi --module \| [0-9.]+ \| [0-9.]+x \| [0-9.]+x \| yes \|", report), report
     assert "| sequential #1 | 1 | - |" in report and "| concurrent #1 | 2 | 4 |" in report
     assert "| yes |" in report and "| NO |" not in report and "Critical-path bounds" in report
     results = json.loads((out / "results.json").read_text())
-    seq, conc = results["runs"]
-    assert seq["calls"] == conc["calls"] == 73  # FAST mode, every call seen by the server
+    seq, conc, via_luigi = results["runs"]
+    assert seq["calls"] == conc["calls"] == via_luigi["calls"] == 73  # FAST mode, every call seen by the server
     assert conc["peak_in_flight"] > 1 and seq["peak_in_flight"] == 1
     assert "sched. gap/task (s)" in report and seq["gap_per_task"] > 0 and conc["gap_per_task"] > 0
     assert 0 < results["bounds"]["full"] <= results["bounds"]["graph"] <= seq["wall"]

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -73,7 +74,7 @@ def test_a_dead_process_leaves_no_slot_taken(tmp_path: Path) -> None:
     assert SharedInFlightCap(path, 1).try_take() == 0
 
 
-def test_a_fanout_holds_a_slot_for_an_attempt_only(tmp_path: Path) -> None:
+def test_a_fanout_holds_a_slot_for_an_attempt_only_and_runs_no_more_threads_than_slots(tmp_path: Path) -> None:
     cap = SharedInFlightCap(tmp_path / "cap", 2)
     lock = threading.Lock()
     now = [0]
@@ -91,6 +92,12 @@ def test_a_fanout_holds_a_slot_for_an_attempt_only(tmp_path: Path) -> None:
     fan = FanOut(FanOutSettings(max_parallel=8), task="T", in_flight=cap)
     assert fan.map([call] * 10) == [1] * 10
     assert peak[0] == 2 and cap.in_use_here() == 0
+    # when the requests hold the cap themselves, the fan-out still runs no more calls than slots at once:
+    # each extra thread would build an HTTP client of its own only to wait for a slot
+    peak[0] = 0
+    fan = FanOut(FanOutSettings(max_parallel=8), task="T", in_flight=cap, in_flight_per_request=True)
+    assert fan.map([call] * 10) == [1] * 10
+    assert peak[0] == 2
 
 
 def test_a_waiting_request_of_higher_priority_overtakes_one_that_waited_longer(tmp_path: Path) -> None:
@@ -129,7 +136,7 @@ def test_the_waiting_order_holds_across_processes_and_a_dead_waiter_is_skipped(t
         if pid == 0:  # pragma: no cover - runs in the child
             child = SharedInFlightCap(path, 1, poll=0.002)
             if die:  # takes a place on the board, then dies without leaving it
-                child._take_place(priority, time.time())
+                child.board.take_place(priority, time.time())
                 os._exit(0)
 
             async def one() -> None:
@@ -309,3 +316,130 @@ def test_max_in_flight_must_be_a_number_or_auto(luigi_config: luigi.configuratio
         load_settings()
     set_concurrency(luigi_config, max_in_flight="AUTO")
     load_settings()
+
+
+class _SlowRequestLLM:
+    """A llama-index LLM whose requests take ``seconds`` and can be made to fail (built lazily: llama-index imports)."""
+
+    @staticmethod
+    def make(on_request: Callable[[str], None]) -> object:
+        from llama_index.core.llms import CompletionResponse, CustomLLM, LLMMetadata
+        from llama_index.core.llms.callbacks import llm_completion_callback
+
+        class SlowRequestLLM(CustomLLM):
+            @property
+            def metadata(self) -> LLMMetadata:
+                return LLMMetadata(model_name="slow-request")
+
+            @llm_completion_callback()
+            def complete(self, prompt: str, formatted: bool = False, **kwargs: object) -> CompletionResponse:
+                on_request(prompt)
+                if prompt.startswith("fail"):
+                    raise ConnectionError(f"{prompt}: dropped")
+                return CompletionResponse(text=f"answer to {prompt}")
+
+            def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: object) -> object:
+                raise NotImplementedError
+
+        return SlowRequestLLM()
+
+
+def test_a_gated_request_holds_its_slot_only_while_it_is_out(tmp_path: Path) -> None:
+    from planexe_concurrency.ratelimit import gate_llm_requests, ungate_llm_requests
+
+    cap = SharedInFlightCap(tmp_path / "cap", 1, poll=0.002)
+    second_request_started = threading.Event()
+    out_at_once, lock, peak = [0], threading.Lock(), [0]
+
+    def on_request(prompt: str) -> None:
+        with lock:
+            out_at_once[0] += 1
+            peak[0] = max(peak[0], out_at_once[0])
+        if prompt == "second":
+            second_request_started.set()
+        time.sleep(0.02)
+        with lock:
+            out_at_once[0] -= 1
+
+    llm = _SlowRequestLLM.make(on_request)
+    seen_while_parsing: list[bool] = []
+
+    def first() -> str:
+        answer = llm.chat([_user("first")])  # type: ignore[attr-defined]  # chat built on complete: two start events, one slot
+        # PlanExe's code parses the answer here; the slot is free, so the other call's request goes out meanwhile
+        seen_while_parsing.append(second_request_started.wait(5.0))
+        return str(answer.message.content)
+
+    def second() -> str:
+        time.sleep(0.01)
+        return llm.complete("second").text  # type: ignore[attr-defined]
+
+    gate_llm_requests(cap=cap)
+    try:
+        # two tasks (a fan-out under a cap of 1 runs one call at a time itself)
+        fans = [FanOut(FanOutSettings(max_parallel=2), task=t, in_flight=cap, in_flight_per_request=True) for t in "AB"]
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda fan_and_fn: fan_and_fn[0].map([fan_and_fn[1]])[0], zip(fans, [first, second])))
+        assert answers[0].startswith("answer to") and answers[1] == "answer to second"
+        assert seen_while_parsing == [True] and peak[0] == 1 and cap.in_use_here() == 0
+        # a request that raises (llama-index sends no end event then) gives its slot back when its attempt ends
+        fan = FanOut(FanOutSettings(max_parallel=2, retry=RetryPolicy(attempts=1)), task="T", in_flight=cap, in_flight_per_request=True)
+        with pytest.raises(Exception):
+            fan.map([lambda: llm.complete("fail once").text])  # type: ignore[attr-defined]
+        assert cap.in_use_here() == 0 and cap.try_take() == 0
+    finally:
+        ungate_llm_requests()
+
+
+def _user(text: str) -> object:
+    from llama_index.core.llms import ChatMessage
+
+    return ChatMessage(role="user", content=text)
+
+
+def test_the_same_fanout_holds_its_slot_for_the_whole_attempt_without_the_gate(tmp_path: Path) -> None:
+    cap = SharedInFlightCap(tmp_path / "cap", 1, poll=0.002)
+    first_started, second_started = threading.Event(), threading.Event()
+    seen_while_parsing: list[bool] = []
+
+    def first() -> int:
+        first_started.set()
+        time.sleep(0.01)  # the "request"
+        seen_while_parsing.append(second_started.wait(0.3))  # held: the second attempt cannot start meanwhile
+        return 1
+
+    def second() -> int:
+        second_started.set()
+        return 2
+
+    fans = [FanOut(FanOutSettings(max_parallel=2), task=t, in_flight=cap) for t in "AB"]
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(fans[0].map, [first])
+        assert first_started.wait(5.0)
+        b = pool.submit(fans[1].map, [second])
+        assert a.result() == [1] and b.result() == [2]
+    assert seen_while_parsing == [False]
+
+
+def test_budget_slots_go_to_the_highest_priority_waiting_whoever_came_first(tmp_path: Path) -> None:
+    from planexe_concurrency.ratelimit import SharedSlotFile
+
+    slots = SharedSlotFile(tmp_path / "budget", requests_per_minute=300, poll=0.002)  # one slot per 0.2 s
+    assert slots.reserve() == 0.0  # the slot of now is taken: the next one is 0.2 s away
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def ask(name: str, priority: float, after: float) -> None:
+        time.sleep(after)
+        slots.wait_for_slot(priority)
+        with lock:
+            order.append(name)
+
+    threads = [threading.Thread(target=ask, args=(f"side branch {n}", 1.0, 0.01 * n)) for n in range(1, 4)]
+    threads.append(threading.Thread(target=ask, args=("critical chain", 9.0, 0.08)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert order == ["critical chain", "side branch 1", "side branch 2", "side branch 3"]
+    assert slots.reserve(within=0.0) is None  # the budget still holds: the next slot is ~0.2 s away

@@ -128,9 +128,10 @@ class CountingSlots(SharedSlotFile):
         super().__init__(*args, **kwargs)
         self.reserved = 0
 
-    def reserve(self) -> float:
-        self.reserved += 1
-        return super().reserve()
+    def reserve(self, within: float | None = None) -> float | None:
+        delay = super().reserve(within)
+        self.reserved += delay is not None  # a slot taken (a look that found none due takes none)
+        return delay
 
 
 def test_every_llm_request_waits_for_a_slot_whoever_sends_it(sim_server: Any, tmp_path: Path) -> None:
@@ -142,7 +143,7 @@ def test_every_llm_request_waits_for_a_slot_whoever_sends_it(sim_server: Any, tm
     from llama_index.llms.openai_like import OpenAILike
     from pydantic import BaseModel
 
-    from planexe_concurrency.ratelimit import pace_llm_requests, stop_pacing_llm_requests
+    from planexe_concurrency.ratelimit import gate_llm_requests, ungate_llm_requests
     from planexe_concurrency.simllm.server import max_requests_in_window
 
     class Answer(BaseModel):
@@ -156,8 +157,8 @@ def test_every_llm_request_waits_for_a_slot_whoever_sends_it(sim_server: Any, tm
         llm().chat([ChatMessage(role="user", content=f"plain {i}")])
 
     slots = CountingSlots(tmp_path / "budget.slots", requests_per_minute=1200)  # one per 0.05 s
-    pace_llm_requests(slots)
-    pace_llm_requests(slots)  # installing twice is one pacer
+    gate_llm_requests(slots)
+    gate_llm_requests(slots)  # installing twice is one gate
     try:
         ask(-1)  # the client's lazy imports, outside the measured part
         sim_server.clear_log()
@@ -167,10 +168,10 @@ def test_every_llm_request_waits_for_a_slot_whoever_sends_it(sim_server: Any, tm
         assert max_requests_in_window(sim_server.log, 0.25, accepted_only=False) <= 0.25 / 0.05 + 2
         # a budget for another rate replaces the first pacer rather than adding a second one
         other = CountingSlots(tmp_path / "budget.slots", requests_per_minute=6000)
-        pace_llm_requests(other)
+        gate_llm_requests(other)
         ask(100)
         assert (slots.reserved, other.reserved) == (14, 2)
     finally:
-        stop_pacing_llm_requests()
+        ungate_llm_requests()
     ask(101)
     assert (slots.reserved, other.reserved) == (14, 2)
