@@ -257,7 +257,7 @@ class RequestPacer:
 _WRAPPER_CLASS_NAMES = frozenset({"structured_llm"})
 
 _this_thread = threading.local()  # .priority: of the requests this thread sends; .held: (cap, slot)
-_gate: dict[str, Any] = {}  # "key", "handler", "priority" (the process's default)
+_gate: dict[str, Any] = {}  # "key", "handlers", "priority" (the process's default)
 _gate_lock = threading.Lock()
 
 
@@ -323,13 +323,19 @@ def gate_llm_requests(
         starts, ends = (LLMChatStartEvent, LLMCompletionStartEvent), (LLMChatEndEvent, LLMCompletionEndEvent)
 
         class _RequestGateHandler(BaseEventHandler):
+            """``ends``: the first handler a request's end event meets (the slot is free before hosts
+            log the answer); else the last one its start event meets (taken after they log the request)."""
+
+            ends: bool = False
+
             @classmethod
             def class_name(cls) -> str:
                 return "PlanExeConcurrencyRequestGate"
 
             def handle(self, event: Any, **kwargs: Any) -> None:
-                if isinstance(event, ends):
-                    release_request_slot()
+                if self.ends:
+                    if isinstance(event, ends):
+                        release_request_slot()
                     return
                 if not isinstance(event, starts):
                     return
@@ -343,9 +349,11 @@ def gate_llm_requests(
                 if cap is not None and getattr(_this_thread, "held", None) is None and not _in_event_loop():
                     _this_thread.held = (cap, cap.take(wait_with))
 
-        handler = _RequestGateHandler()
-        get_dispatcher().add_event_handler(handler)
-        _gate.update(key=key, handler=handler)
+        at_start, at_end = _RequestGateHandler(), _RequestGateHandler(ends=True)
+        root = get_dispatcher()
+        root.add_event_handler(at_start)
+        root.event_handlers.insert(0, at_end)
+        _gate.update(key=key, handlers=(at_start, at_end))
 
 
 def _in_event_loop() -> bool:
@@ -363,14 +371,14 @@ def ungate_llm_requests() -> None:
 
 
 def _remove_gate() -> None:
-    handler = _gate.pop("handler", None)
+    handlers = _gate.pop("handlers", ())
     _gate.pop("key", None)
-    if handler is None:
+    if not handlers:
         return
     from llama_index.core.instrumentation import get_dispatcher
 
     root = get_dispatcher()
-    root.event_handlers = [h for h in root.event_handlers if h is not handler]
+    root.event_handlers = [h for h in root.event_handlers if all(h is not mine for mine in handlers)]
 
 
 # -- one cap on requests in flight, for every process (and host) of a run ----------------

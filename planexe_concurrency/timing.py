@@ -181,6 +181,14 @@ class TaskCalls:
             return self.duration
         return max(0.0, self.duration - sum(self.parallel_calls) + max(self.parallel_calls))
 
+    def duration_at_width(self, slots: int) -> float:
+        """The task's time with its overlappable calls at most ``slots`` at a time: they take
+        no less than the longest of them, nor than their sum spread over the slots."""
+        if not self.parallel_calls:
+            return self.duration
+        calls = sum(self.parallel_calls)
+        return max(0.0, self.duration - calls + max(max(self.parallel_calls), calls / slots))
+
 
 @dataclass(frozen=True)
 class Bounds:
@@ -194,6 +202,11 @@ def bounds(tasks: Mapping[str, TaskCalls], graph: Mapping[str, Sequence[str]]) -
     graph_len, graph_path = critical_path({k: v.duration for k, v in tasks.items()}, graph)
     full_len, full_path = critical_path({k: v.fully_parallel_duration for k, v in tasks.items()}, graph)
     return Bounds(graph_len, full_len, tuple(graph_path), tuple(full_path))
+
+
+def critical_path_at_width(tasks: Mapping[str, TaskCalls], graph: Mapping[str, Sequence[str]], slots: int) -> float:
+    """The critical path when no more than ``slots`` calls are in flight at once (a provider of K slots)."""
+    return critical_path({k: v.duration_at_width(slots) for k, v in tasks.items()}, graph)[0]
 
 
 def calls_per_task(spans: Iterable[TaskSpan], calls: Iterable[tuple[float, float]]) -> dict[str, list[float]]:

@@ -345,7 +345,7 @@ class _SlowRequestLLM:
 
 
 def test_a_gated_request_holds_its_slot_only_while_it_is_out(tmp_path: Path) -> None:
-    from planexe_concurrency.ratelimit import gate_llm_requests, ungate_llm_requests
+    from planexe_concurrency.ratelimit import gate_llm_requests, request_priority, ungate_llm_requests
 
     cap = SharedInFlightCap(tmp_path / "cap", 1, poll=0.002)
     second_request_started = threading.Event()
@@ -374,6 +374,23 @@ def test_a_gated_request_holds_its_slot_only_while_it_is_out(tmp_path: Path) -> 
         time.sleep(0.01)
         return llm.complete("second").text  # type: ignore[attr-defined]
 
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events.llm import LLMCompletionEndEvent, LLMCompletionStartEvent
+
+    held_when_the_host_logs: list[tuple[str, int]] = []
+
+    class HostLog(BaseEventHandler):  # a host's activity log (PlanExe's track_activity), installed first
+        @classmethod
+        def class_name(cls) -> str:
+            return "HostLog"
+
+        def handle(self, event: object, **kwargs: object) -> None:
+            if isinstance(event, (LLMCompletionStartEvent, LLMCompletionEndEvent)):
+                held_when_the_host_logs.append((type(event).__name__, cap.in_use_here()))
+
+    host = HostLog()
+    get_dispatcher().add_event_handler(host)
     gate_llm_requests(cap=cap)
     try:
         # two tasks (a fan-out under a cap of 1 runs one call at a time itself)
@@ -382,6 +399,11 @@ def test_a_gated_request_holds_its_slot_only_while_it_is_out(tmp_path: Path) -> 
             answers = list(pool.map(lambda fan_and_fn: fan_and_fn[0].map([fan_and_fn[1]])[0], zip(fans, [first, second])))
         assert answers[0].startswith("answer to") and answers[1] == "answer to second"
         assert seen_while_parsing == [True] and peak[0] == 1 and cap.in_use_here() == 0
+        # the host logs a request before its slot is taken and its answer after the slot is free again
+        held_when_the_host_logs.clear()
+        with request_priority(1.0):
+            llm.complete("alone")  # type: ignore[attr-defined]
+        assert held_when_the_host_logs == [("LLMCompletionStartEvent", 0), ("LLMCompletionEndEvent", 0)]
         # a request that raises (llama-index sends no end event then) gives its slot back when its attempt ends
         fan = FanOut(FanOutSettings(max_parallel=2, retry=RetryPolicy(attempts=1)), task="T", in_flight=cap, in_flight_per_request=True)
         with pytest.raises(Exception):
@@ -389,6 +411,7 @@ def test_a_gated_request_holds_its_slot_only_while_it_is_out(tmp_path: Path) -> 
         assert cap.in_use_here() == 0 and cap.try_take() == 0
     finally:
         ungate_llm_requests()
+        get_dispatcher().event_handlers = [h for h in get_dispatcher().event_handlers if h is not host]
 
 
 def _user(text: str) -> object:

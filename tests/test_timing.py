@@ -13,6 +13,7 @@ from planexe_concurrency.timing import (
     bounds,
     calls_per_task,
     critical_path,
+    critical_path_at_width,
     read_task_spans,
     record_task_events,
     task_graph,
@@ -93,6 +94,17 @@ def test_bounds_overlap_parallel_calls() -> None:
     assert b.full == pytest.approx(1 + 10.5 - 10 + 4)
     assert b.full_path == ("loop", "end")
     assert TaskCalls(2.0).fully_parallel_duration == 2.0
+
+
+def test_with_k_slots_a_loop_takes_its_calls_spread_over_k_and_no_less_than_its_longest() -> None:
+    graph = {"end": ["loop"], "loop": []}
+    tasks = {"loop": TaskCalls(duration=10.5, parallel_calls=[3, 3, 4]), "end": TaskCalls(duration=1)}
+    assert tasks["loop"].duration_at_width(1) == pytest.approx(10.5)  # one slot: as sequential
+    assert tasks["loop"].duration_at_width(2) == pytest.approx(0.5 + 5)  # 10 s of calls on 2 slots
+    assert tasks["loop"].duration_at_width(8) == pytest.approx(tasks["loop"].fully_parallel_duration)  # the 4 s call
+    assert critical_path_at_width(tasks, graph, 1) == pytest.approx(bounds(tasks, graph).graph)
+    assert critical_path_at_width(tasks, graph, 2) == pytest.approx(6.5)
+    assert TaskCalls(2.0).duration_at_width(3) == 2.0
 
 
 def test_calls_attributed_to_the_span_that_contains_them() -> None:
