@@ -52,6 +52,7 @@ def _unlock(fd: int, offset: int) -> None:
 _WAITER = struct.Struct("<dd")  # priority, waiting since (time.time()); (0, 0) is a free place
 _FREE_PLACE = _WAITER.pack(0.0, 0.0)
 WAITING_PLACES = 1024
+LIVE_FOR = 0.25  # seconds a waiter seen live is trusted (a dead one's place is skipped that much later)
 
 
 class WaitingBoard:
@@ -70,12 +71,14 @@ class WaitingBoard:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
         self._places: dict[int, tuple[float, float]] = {}
+        self._seen_live: dict[int, tuple[tuple[float, float], float]] = {}  # place -> (its entry, in which LIVE_FOR period)
         os.register_at_fork(after_in_child=self._forget_parents_places)
 
     def _forget_parents_places(self) -> None:  # pragma: no cover - runs in a forked child (tests fork; coverage is the parent's)
         # A forked child holds none of its parent's locks (they are not inherited).
         self._lock = threading.Lock()
         self._places = {}
+        self._seen_live = {}
 
     def take_place(self, priority: float, since: float) -> int | None:
         with self._lock:
@@ -93,10 +96,18 @@ class WaitingBoard:
                 os.pwrite(self._fd, _FREE_PLACE, place * _WAITER.size)
                 _unlock(self._fd, place * _WAITER.size)
 
-    def _live(self, place: int) -> bool:
-        """Another process's place counts while that process holds its lock; a dead one's is cleared."""
+    def _live(self, place: int, entry: tuple[float, float]) -> bool:
+        """Another process's place counts while that process holds its lock; a dead one's is cleared.
+
+        A place seen live is trusted until the current LIVE_FOR period ends, then probed again (every
+        waiter looks at every place ahead of it on each look; the probes were most of the cost).
+        """
+        now = time.monotonic()
         with self._lock:
-            if place in self._places or not _try_lock(self._fd, place * _WAITER.size):
+            if place in self._places or self._seen_live.get(place) == (entry, now - now % LIVE_FOR):
+                return True
+            if not _try_lock(self._fd, place * _WAITER.size):
+                self._seen_live[place] = (entry, now - now % LIVE_FOR)
                 return True
             try:
                 os.pwrite(self._fd, _FREE_PLACE, place * _WAITER.size)
@@ -115,7 +126,7 @@ class WaitingBoard:
             if s == 0.0 or other == place:
                 continue
             if p > priority or (p == priority and (s < since or (s == since and other < mine))):
-                before += self._live(other)
+                before += self._live(other, (p, s))
         return before
 
 
@@ -539,6 +550,9 @@ def in_flight_cap(path: str | os.PathLike[str], limit: int | str) -> SharedInFli
 
 AUTO_START = 2
 AUTO_CEILING = 32
+AUTO_PROBE_AFTER = 30.0  # seconds below a limit that was refused, before growing past it again
+
+_AUTO_STATE = struct.Struct("<ddddd")  # limit, held until, last cut, known max, known until
 
 
 class AdaptiveInFlightCap(SharedInFlightCap):
@@ -547,35 +561,40 @@ class AdaptiveInFlightCap(SharedInFlightCap):
     It starts at ``start`` slots. Each call that succeeds adds ``1/limit`` (one slot more per
     round of ``limit`` successes); a call the provider turned away for load (429, 503, a
     timeout) halves the limit, at most once per ``cooldown`` seconds so one burst of refusals
-    counts once. A ``Retry-After`` holds every process's new calls until it has passed, not only
-    the call that got it. The limit and the hold live in ``<file>.limit`` (under ``flock``), so
-    every process and host adapts one limit together.
+    counts once. A refusal at limit L also says the provider takes fewer than L: for
+    ``probe_after`` seconds the limit grows to at most L - 1 (else a provider of one slot is
+    asked for two after every success, as a limit of 1 + 1/1 allows). A ``Retry-After`` holds
+    every process's new calls until it has passed, not only the call that got it. The state
+    lives in ``<file>.limit`` (under ``flock``), so every process and host adapts one limit together.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], ceiling: int = AUTO_CEILING, start: int = AUTO_START,
         poll: float = 0.005, cooldown: float = 1.0, clock: Callable[[], float] = time.time,
+        probe_after: float = AUTO_PROBE_AFTER,
     ) -> None:
         super().__init__(path, ceiling, poll)
         self.state_path = Path(f"{self.path}.limit")
         self.start = float(min(start, ceiling))
         self.cooldown = cooldown
+        self.probe_after = probe_after
         self._clock = clock
         self._cached: tuple[float, float, float] = (0.0, 0.0, -1.0)  # limit, held until, read at
 
-    def _update(self, change: Callable[[float, float, float], tuple[float, float, float]] | None) -> tuple[float, float, float]:
-        """Read (and, with ``change``, rewrite) ``limit, held_until, last_cut`` under the file lock."""
+    def _update(self, change: Callable[..., tuple[float, ...]] | None) -> tuple[float, ...]:
+        """Read (and, with ``change``, rewrite) the shared state under the file lock; caches what it read."""
         fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if change else fcntl.LOCK_SH)
-            raw = os.pread(fd, 24, 0)
-            state = struct.unpack("<ddd", raw) if len(raw) == 24 else (self.start, 0.0, 0.0)
+            raw = os.pread(fd, _AUTO_STATE.size, 0)
+            state = _AUTO_STATE.unpack(raw) if len(raw) == _AUTO_STATE.size else (self.start, 0.0, 0.0, float(self.limit), 0.0)
             if change is not None:
                 state = change(*state)
-                os.pwrite(fd, struct.pack("<ddd", *state), 0)
-            return state  # type: ignore[return-value]
+                os.pwrite(fd, _AUTO_STATE.pack(*state), 0)
         finally:
             os.close(fd)
+        self._cached = (state[0], state[1], self._clock())
+        return state
 
     def current_limit(self) -> int:
         return self._allowed()[0]
@@ -584,8 +603,7 @@ class AdaptiveInFlightCap(SharedInFlightCap):
         now = self._clock()
         limit, held_until, read_at = self._cached
         if now - read_at > 0.05:  # every process re-reads the shared limit often, not on every poll
-            limit, held_until, _ = self._update(None)
-            self._cached = (limit, held_until, now)
+            limit, held_until = self._update(None)[:2]
         return max(1, int(limit)), held_until - now
 
     def _open_slots(self) -> int:
@@ -593,20 +611,26 @@ class AdaptiveInFlightCap(SharedInFlightCap):
         return 0 if hold > 0 else allowed
 
     def succeeded(self) -> None:
-        ceiling = float(self.limit)
-        self._cached = self._update(lambda limit, held, cut: (min(ceiling, limit + 1.0 / max(1.0, limit)), held, cut))
+        ceiling, now = float(self.limit), self._clock()
+
+        def grow(limit: float, held: float, cut: float, known_max: float, known_until: float) -> tuple[float, ...]:
+            top = min(ceiling, known_max) if now < known_until else ceiling
+            return max(limit, min(top, limit + 1.0 / max(1.0, limit))), held, cut, known_max, known_until
+
+        self._update(grow)
 
     def overloaded(self, retry_after: float | None = None) -> None:
         now = self._clock()
 
-        def cut(limit: float, held: float, last_cut: float) -> tuple[float, float, float]:
+        def cut(limit: float, held: float, last_cut: float, known_max: float, known_until: float) -> tuple[float, ...]:
             if retry_after:
                 held = max(held, now + retry_after)
             if now - last_cut >= self.cooldown:
-                return max(1.0, limit / 2.0), held, now
-            return limit, held, last_cut
+                refused_at = max(1, int(limit))
+                return max(1.0, limit / 2.0), held, now, float(max(1, refused_at - 1)), now + self.probe_after
+            return limit, held, last_cut, known_max, known_until
 
-        self._cached = self._update(cut)
+        self._update(cut)
 
 
 def is_overload(exc: BaseException) -> bool:

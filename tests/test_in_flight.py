@@ -232,6 +232,27 @@ def test_auto_starts_low_grows_on_success_and_halves_on_overload(tmp_path: Path)
     assert other.try_take() is not None
 
 
+def test_auto_does_not_grow_back_into_a_limit_that_was_refused_until_it_probes_again(tmp_path: Path) -> None:
+    from planexe_concurrency.ratelimit import AdaptiveInFlightCap
+
+    now = {"t": 100.0}
+    cap = AdaptiveInFlightCap(tmp_path / "auto", ceiling=8, clock=lambda: now["t"], probe_after=30.0)
+    assert cap.current_limit() == 2
+    cap.overloaded()  # a provider of one slot refuses the second call
+    assert cap.current_limit() == 1
+    for _ in range(20):
+        now["t"] += 1.0
+        cap.succeeded()  # 1 + 1/1 would be 2 at once: the provider refused 2, so 1 it stays
+    assert cap.current_limit() == 1
+    now["t"] += 10.1  # 30 s since the refusal: probe again
+    cap.succeeded()
+    assert cap.current_limit() == 2
+    now["t"] += 2
+    for _ in range(10):
+        cap.succeeded()
+    assert cap.current_limit() >= 4  # nothing refused the probe: AIMD as before, up to the ceiling
+
+
 @pytest.mark.slow
 def test_auto_finds_a_refusing_servers_limit_and_the_plan_comes_out_the_same(
     http_reference: Path,
@@ -307,7 +328,8 @@ def test_an_adaptive_cap_feeds_on_the_fanouts_outcomes(tmp_path: Path) -> None:
     settings = FanOutSettings(retry=RetryPolicy(attempts=3, backoff_base=0, backoff_max=0, jitter=0))
     assert FanOut(settings, task="T", in_flight=cap, listeners=[events.append]).map([flaky]) == ["ok"]
     assert [e.limit for e in events if e.state is ItemState.RUNNING] == [2, 1]  # halved by the 429
-    assert cap.current_limit() == 2  # and grown again by the success (1 + 1/1)
+    # the success feeds it too, but not back into the 2 the provider refused (until it probes again)
+    assert cap.current_limit() == 1 and cap._update(None)[3] == 1.0
 
 
 def test_max_in_flight_must_be_a_number_or_auto(luigi_config: luigi.configuration.LuigiConfigParser) -> None:
