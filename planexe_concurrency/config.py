@@ -132,7 +132,7 @@ class planexe_concurrency(luigi.Config):  # noqa: N801 - the class name is the l
     )
     critical_path_first = luigi.BoolParameter(
         default=True,
-        description="give each task Luigi's priority = the longest chain of tasks still ahead of it, so free workers take the critical chain first and its LLM requests go first when they wait for a max_in_flight slot",
+        description="give each task Luigi's priority = the longest chain of tasks still ahead of it, so free workers take the critical chain first and its LLM requests go first when they wait for a max_in_flight slot or a request-budget slot",
     )
     governance_parallel = luigi.BoolParameter(
         default=False, description="run governance phases 4-6 side by side after phase 3 (changes their prompts)"
