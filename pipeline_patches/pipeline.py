@@ -21,6 +21,7 @@ from luigi.cmdline_parser import CmdlineParser
 
 from planexe_concurrency.config import ConfigError, read_config
 from planexe_concurrency.priority import CriticalPathPriority
+from planexe_concurrency.ratelimit import release_request_slot
 from planexe_concurrency.timing import append_task_event
 
 from planexe_concurrency.reuse import ReusedInstances
@@ -191,6 +192,15 @@ def _mark_started(task: luigi.Task) -> None:
 def _mark_finished(task: luigi.Task) -> None:
     if _marks_kept(task):
         start_marks(task).finished(task.task_id)
+
+
+@luigi.Task.event_handler(luigi.Event.SUCCESS)
+@luigi.Task.event_handler(luigi.Event.FAILURE)
+def _no_in_flight_slot_outlives_its_task(*_args: object) -> None:
+    """A request PlanExe's code sent outside our executor and that raised keeps its slot (no end
+    event comes): let it go when the task ends, in the thread that ran the task. Under
+    ``--workers N`` the task's process ends anyway; with one worker the next task runs in it."""
+    release_request_slot()
 
 
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)

@@ -488,3 +488,24 @@ def test_budget_slots_go_to_the_highest_priority_waiting_whoever_came_first(tmp_
         t.join()
     assert order == ["critical chain", "side branch 1", "side branch 2", "side branch 3"]
     assert slots.reserve(within=0.0) is None  # the budget still holds: the next slot is ~0.2 s away
+
+
+def test_a_slot_kept_by_a_request_that_raised_outside_the_executor_is_let_go_when_its_task_ends(tmp_path: Path) -> None:
+    import pipeline_patches.pipeline  # noqa: F401  # registers the task event handlers
+    from planexe_concurrency.ratelimit import gate_llm_requests, ungate_llm_requests
+
+    cap = SharedInFlightCap(tmp_path / "cap", 1, poll=0.002)
+    llm = _SlowRequestLLM.make(lambda prompt: None)
+
+    class SomeTask(luigi.Task):
+        pass
+
+    gate_llm_requests(cap=cap)
+    try:
+        with pytest.raises(ConnectionError):
+            llm.complete("fail: sent by the task's own code, not through our executor")  # type: ignore[attr-defined]
+        assert cap.in_use_here() == 1  # llama-index sends no end event for a request that raised
+        SomeTask().trigger_event(luigi.Event.FAILURE, SomeTask(), RuntimeError("the task failed"))
+        assert cap.in_use_here() == 0
+    finally:
+        ungate_llm_requests()
