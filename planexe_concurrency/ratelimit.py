@@ -31,9 +31,11 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Generator, Iterator, TypeVar
 
 from aiolimiter import AsyncLimiter
+
+R = TypeVar("R")
 
 
 def _try_lock(fd: int, offset: int) -> bool:
@@ -115,6 +117,31 @@ class WaitingBoard:
                 _unlock(self._fd, place * _WAITER.size)
             return False
 
+    def waiting(
+        self, priority: float, attempt: Callable[[int], R | None], pause: Callable[[int], float]
+    ) -> Generator[float, None, R]:
+        """One waiter's turn, in the board's order, for whatever it waits for.
+
+        Each look counts the live waiters ``ahead`` of it and calls ``attempt(ahead)``; what that
+        returns, once not None, is the generator's return value. Until then the waiter has a
+        place on the board and the generator yields ``pause(ahead)``, the seconds to sleep
+        before the next look. The caller only sleeps, so one wait serves a thread and an event
+        loop alike; closing it early (the waiter was cancelled) leaves the board too.
+        """
+        since, place = time.time(), None
+        try:
+            while True:
+                ahead = self.waiting_before(priority, since, place)
+                got = attempt(ahead)
+                if got is not None:
+                    return got
+                if place is None:
+                    place = self.take_place(priority, since)
+                yield pause(ahead)
+        finally:
+            if place is not None:
+                self.leave_place(place)
+
     def waiting_before(self, priority: float, since: float, place: int | None = None) -> int:
         """How many live waiters go before one of ``priority`` waiting since ``since`` (at ``place``):
         a higher priority, or the same and waiting longer."""
@@ -142,6 +169,17 @@ def waiting_board(path: str | os.PathLike[str]) -> WaitingBoard:
         if board is None:
             board = _boards[key] = WaitingBoard(path)
         return board
+
+
+def _sleep_through(waiting: Generator[float, None, R], sleep: Callable[[float], None]) -> R:
+    """Run a :meth:`WaitingBoard.waiting` to its end in this thread."""
+    try:
+        while True:
+            sleep(next(waiting))
+    except StopIteration as done:
+        return done.value
+    finally:
+        waiting.close()
 
 
 def _waiting_pause(poll: float, ahead: int) -> float:
@@ -206,27 +244,18 @@ class SharedSlotFile:
 
     def wait_for_slot(self, priority: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> None:
         """Block until this request may go, in order of priority, then of arrival (see the class)."""
-        board = waiting_board(f"{self.path}.waiting")
-        since = time.time()
-        place: int | None = None
-        try:
-            while True:
-                ahead = board.waiting_before(priority, since, place)
-                if ahead == 0:
-                    delay = self.reserve(within=self.poll)
-                    if delay is not None:
-                        if delay > 0:
-                            sleep(delay)
-                        return
-                if place is None:
-                    place = board.take_place(priority, since)
-                pause = _waiting_pause(self.poll, ahead)
-                if ahead == 0:  # first in line: sleep until the slot is nearly due
-                    pause = max(pause, self.due_in() - self.poll)
-                sleep(pause)
-        finally:
-            if place is not None:
-                board.leave_place(place)
+
+        def pause(ahead: int) -> float:
+            if ahead == 0:  # first in line: sleep until the slot is nearly due
+                return max(_waiting_pause(self.poll, 0), self.due_in() - self.poll)
+            return _waiting_pause(self.poll, ahead)
+
+        def attempt(ahead: int) -> float | None:
+            return self.reserve(within=self.poll) if ahead == 0 else None
+
+        delay = _sleep_through(waiting_board(f"{self.path}.waiting").waiting(priority, attempt, pause), sleep)
+        if delay > 0:
+            sleep(delay)
 
     async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         delay = await asyncio.to_thread(self.reserve)
@@ -475,42 +504,26 @@ class SharedInFlightCap:
     def overloaded(self, retry_after: float | None = None) -> None:
         """The provider turned a call away for load (an adaptive cap shrinks; a fixed one does nothing)."""
 
-    def _look(self, priority: float, since: float, place: int | None) -> tuple[int | None, int | None, float]:
-        """One look at the slots: (a slot taken or None, this waiter's place, how long to pause)."""
-        ahead = self.board.waiting_before(priority, since, place)
-        if ahead == 0 or ahead < self._free_slots():
-            slot = self.try_take()
-            if slot is not None:
-                return slot, place, 0.0
-        if place is None:
-            place = self.board.take_place(priority, since)
-        return None, place, _waiting_pause(self.poll, ahead)
+    def _waiting(self, priority: float) -> Generator[float, None, int]:
+        def attempt(ahead: int) -> int | None:
+            return self.try_take() if ahead == 0 or ahead < self._free_slots() else None
+
+        return self.board.waiting(priority, attempt, lambda ahead: _waiting_pause(self.poll, ahead))
 
     async def acquire(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, priority: float = 0.0) -> int:
         """Wait for a slot, in the board's order."""
-        since, place = time.time(), None
+        waiting = self._waiting(priority)
         try:
             while True:
-                slot, place, pause = self._look(priority, since, place)
-                if slot is not None:
-                    return slot
-                await sleep(pause)
+                await sleep(next(waiting))
+        except StopIteration as done:
+            return done.value
         finally:
-            if place is not None:
-                self.board.leave_place(place)
+            waiting.close()
 
     def take(self, priority: float = 0.0, sleep: Callable[[float], None] = time.sleep) -> int:
         """:meth:`acquire` for a thread that is not in an event loop (a request's own thread)."""
-        since, place = time.time(), None
-        try:
-            while True:
-                slot, place, pause = self._look(priority, since, place)
-                if slot is not None:
-                    return slot
-                sleep(pause)
-        finally:
-            if place is not None:
-                self.board.leave_place(place)
+        return _sleep_through(self._waiting(priority), sleep)
 
     def hold(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, priority: float = 0.0) -> "_HeldSlot":
         return _HeldSlot(self, sleep, priority)
