@@ -38,6 +38,7 @@ from planexe_concurrency.simllm import SimServer, SimServerConfig
 from planexe_concurrency.simllm.server import RequestRecord, most_at_once
 from planexe_concurrency.timing import TaskCalls, bounds, calls_per_task, critical_path_at_width, read_task_spans, scheduling_gaps
 
+from .cli import SPEED_NAMES
 from .compare import differing_files
 from .rundir import state_dir_for
 
@@ -80,6 +81,7 @@ class RunResult:
     graph: dict[str, list[str]] = field(default_factory=dict, repr=False)
     fidelity: str = "exact"
     warm_up: float = 0.0
+    entry: str = "run"  # or "luigi --module"
 
 
 def _records_between(records: Sequence[RequestRecord], t0: float, t1: float) -> list[RequestRecord]:
@@ -109,6 +111,15 @@ def _gap_per_task(run_dir: Path, graph: dict[str, list[str]]) -> float:
     return sum(gaps.values()) / len(gaps) if gaps else 0.0
 
 
+def fresh_run_dir(run_dir: Path) -> None:
+    """An empty run directory with the bench's start time and plan (every run gets the same)."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "001-1-start_time.json").write_text(START_TIME, encoding="utf-8")
+    (run_dir / "001-2-plan.txt").write_text(PLAN, encoding="utf-8")
+
+
 def run_pipeline(
     label: str,
     run_dir: Path,
@@ -130,11 +141,7 @@ def run_pipeline(
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text("[planexe_concurrency]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()), encoding="utf-8")
         env = {**env, "LUIGI_CONFIG_PATH": str(cfg)}
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / "001-1-start_time.json").write_text(START_TIME, encoding="utf-8")
-    (run_dir / "001-2-plan.txt").write_text(PLAN, encoding="utf-8")
+    fresh_run_dir(run_dir)
     summary_path = run_dir.parent / f"{run_dir.name}.summary.json"
     cmd = [
         python, "-m", "pipeline_patches.cli", "--log-level", "WARNING", "run",
@@ -181,16 +188,12 @@ def run_luigi_module(
     It writes no summary: its wall is its task span (first task start to last task end), and so
     is the span :func:`entry_point_table` compares it with.
     """
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    (run_dir / "001-1-start_time.json").write_text(START_TIME, encoding="utf-8")
-    (run_dir / "001-2-plan.txt").write_text(PLAN, encoding="utf-8")
+    fresh_run_dir(run_dir)
     state = state_dir_for(run_dir)
     cmd = [
         python, "-m", "luigi", "--module", "pipeline_patches.pipeline", "ConcurrentFullPlanPipeline",
         "--run-id-dir", str(run_dir.resolve()), "--llm-models", json.dumps([SIM_MODEL]),
-        "--speedvsdetail", {"all_details": "ALL_DETAILS_BUT_SLOW", "fast": "FAST_BUT_SKIP_DETAILS"}[speed],
+        "--speedvsdetail", SPEED_NAMES[speed],
         "--workers", str(workers), "--local-scheduler", "--log-level", "WARNING",
         "--planexe-concurrency-max-parallel", str(max_parallel),
         "--planexe-concurrency-task-events-file", str(state / "tasks.jsonl"),
@@ -208,15 +211,15 @@ def run_luigi_module(
         label=label, sequential=False, workers=workers, max_parallel=max_parallel, ok=True, wall=end - start,
         calls=len(records), peak_in_flight=most_at_once((r.arrival, r.end) for r in records),
         overhead_per_task=_overhead_per_task(run_dir, records), run_dir=str(run_dir), graph=graph,
-        gap_per_task=_gap_per_task(run_dir, graph), warm_up=0.0,
+        gap_per_task=_gap_per_task(run_dir, graph), warm_up=0.0, entry="luigi --module",
     )
 
 
 def entry_point_table(results: Sequence[RunResult], reference: RunResult, identical: dict[str, bool]) -> str:
     """``run`` against ``luigi --module``, each by its task span (the one measure both have)."""
     seq_span = _task_span(reference)
-    run_rows = [r for r in results if not r.sequential and r.fidelity == "exact" and not r.label.startswith("luigi")]
-    luigi_rows = [r for r in results if r.label.startswith("luigi")]
+    run_rows = [r for r in results if not r.sequential and r.fidelity == "exact" and r.entry == "run"]
+    luigi_rows = [r for r in results if r.entry != "run"]
     best_run = max((seq_span / _task_span(r) for r in run_rows), default=0.0)
     rows = [
         "| run | entry point | task span (s) | speed-up | vs the run path's best | same files |",
@@ -225,9 +228,8 @@ def entry_point_table(results: Sequence[RunResult], reference: RunResult, identi
     ]
     for r in [*run_rows, *luigi_rows]:
         speedup = seq_span / _task_span(r)
-        entry = "luigi --module" if r in luigi_rows else "run"
         rows.append(
-            f"| {r.label} | {entry} | {_task_span(r):.1f} | {speedup:.2f}x | {best_run / speedup:.2f}x | "
+            f"| {r.label} | {r.entry} | {_task_span(r):.1f} | {speedup:.2f}x | {best_run / speedup:.2f}x | "
             f"{'yes' if identical.get(r.label) else 'NO'} |"
         )
     rows.append("")
@@ -459,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in everything
         if r is not reference and r.fidelity == "exact"
     }
-    table = format_table([r for r in everything if not r.label.startswith("luigi")], reference, b, identical, rb)
+    table = format_table([r for r in everything if r.entry == "run"], reference, b, identical, rb)
     command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report = f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}).\n\n{table}\n"
     if args.luigi_module:

@@ -26,6 +26,9 @@ from typing import Any, Sequence
 # Exit status of ``status``: the run's state.
 STATUS_EXIT = {"done": 0, "failed": 1, "running": 3, "stopped": 4, "interrupted": 4}
 
+# --speed: PlanExe's SpeedVsDetailEnum member for each choice
+SPEED_NAMES = {"all_details": "ALL_DETAILS_BUT_SLOW", "fast": "FAST_BUT_SKIP_DETAILS"}
+
 
 class UsageError(Exception):
     """A bad argument or setting; reported as one line, exit status 2."""
@@ -173,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if planexe.layout == "double":
         os.environ["PLANEXE_SIMLLM_LATENCY"] = str(args.latency)
     llm_models = args.llm or planexe.pipeline.get_llm_names_by_priority() or ["simulated"]
-    speed = {"all_details": "ALL_DETAILS_BUT_SLOW", "fast": "FAST_BUT_SKIP_DETAILS"}[args.speed]
+    speed = SPEED_NAMES[args.speed]
     try:
         prepare_run_dir(run_dir, prompt)
     except RunDirError as exc:
