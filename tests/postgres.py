@@ -1,104 +1,33 @@
 """A real PostgreSQL server for the tests, on 127.0.0.1 only, started once per session.
 
-Uses the server binaries of the machine (Debian's ``postgresql`` package, which ``.ci/run``
-installs). Each test gets a database of its own. The server's log is kept, so a test can
-check that the server logged no error while it ran.
+The server itself is ``pipeline_patches.postgres`` (also used by ``scripts/ten_plans.py``).
+Each test gets a database of its own. The server's log is kept, so a test can check that the
+server logged no error while it ran.
 """
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
-
-def _server_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(candidates[-1]).parent if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class PostgresServer:
-    port: int
-    log: Path
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
-
-    def admin(self) -> Any:
-        """A psycopg2 connection to the server's own database, in autocommit (for CREATE/DROP DATABASE)."""
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        return conn
-
-    def create_database(self) -> str:
-        """A new, empty database; its SQLAlchemy URL."""
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        admin = self.admin()
-        try:
-            admin.cursor().execute(f"CREATE DATABASE {name}")
-        finally:
-            admin.close()
-        return self.url(name)
-
-    def log_size(self) -> int:
-        return self.log.stat().st_size if self.log.exists() else 0
-
-    def problems_since(self, offset: int) -> list[str]:
-        """ERROR, WARNING and FATAL lines the server logged after ``offset`` bytes of its log."""
-        with self.log.open("rb") as f:
-            f.seek(offset)
-            lines = f.read().decode("utf-8", "replace").splitlines()
-        return [line for line in lines if any(level in line for level in ("ERROR:", "WARNING:", "FATAL:", "PANIC:"))]
+from pipeline_patches.postgres import PostgresNotFound, PostgresServer, running_postgres
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    bin_dir = _server_bin()
-    if bin_dir is None:
-        message = "PostgreSQL server binaries not found (Debian: apt-get install postgresql; .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    folder = Path(tempfile.mkdtemp(prefix="planexe-concurrency-pg-"))
-    data, log = folder / "data", folder / "server.log"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres user
-        user = pwd.getpwnam("postgres")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c log_min_messages=warning -c max_connections=200"
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start"],
-                   check=True, capture_output=True)
     try:
-        yield PostgresServer(port=port, log=log)
+        server = running_postgres()
+        started = server.__enter__()
+    except PostgresNotFound as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    try:
+        yield started
     finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        server.__exit__(None, None, None)
 
 
 @pytest.fixture

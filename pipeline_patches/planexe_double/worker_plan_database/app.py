@@ -38,6 +38,13 @@ from worker_plan_internal.plan.run_plan_pipeline import ExecutePipeline, HandleT
 
 logger = logging.getLogger("worker_plan_database")
 
+# PlanExe's llm_factory imports its llama-index LLM classes at module level, so its worker pays
+# for them at boot, before it claims a request; the double's factory imports them lazily.
+try:
+    import llama_index.llms.openai_like  # noqa: F401
+except ImportError:  # the double without the optional HTTP client: only the in-process models
+    pass
+
 BROWSER_INACTIVE_AFTER_SECONDS = 80
 WORKER_ID = os.environ.get("PLANEXE_WORKER_ID") or f"worker-{os.getpid()}"
 
