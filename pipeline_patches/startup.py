@@ -40,33 +40,59 @@ def _patch_luigi(luigi: ModuleType) -> None:
         luigi.build = concurrent_luigi_build  # type: ignore[attr-defined]
 
 
-class _PatchLuigiWhenImported(importlib.abc.MetaPathFinder):
-    """Finds ``luigi`` like the rest of ``sys.meta_path`` would, and patches it right after it runs."""
+def _preload_patches(_pipeline: ModuleType) -> None:
+    """Import the patches as soon as PlanExe's pipeline module is imported, rather than at the
+    first build: a long-running worker (``worker_plan_database``) imports that module at boot,
+    so it pays this (~0.6 s, most of it the client libraries' lazy imports) once, before it
+    claims a request, instead of in its first plan. Best effort: the build imports them again
+    and reports a real problem there."""
+    try:
+        importlib.import_module(f"{__package__}.pipeline")
+    except Exception:  # noqa: BLE001 - never break PlanExe's own import
+        pass
+
+
+class _RunAfterImport(importlib.abc.MetaPathFinder):
+    """Finds the modules it waits for like the rest of ``sys.meta_path`` would, and runs a
+    function on each right after its code has run (before its importer sees it)."""
+
+    def __init__(self, after: dict[str, Any]) -> None:
+        self.after = after
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "luigi":
+        then = self.after.pop(fullname, None)
+        if then is None:
             return None
-        sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _PatchLuigiWhenImported)]
+        if not self.after:
+            sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not self]
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
 
-        def exec_then_patch(module: ModuleType) -> None:
+        def exec_then(module: ModuleType) -> None:
             exec_module(module)
-            _patch_luigi(module)
+            then(module)
 
-        spec.loader.exec_module = exec_then_patch  # type: ignore[method-assign]
+        spec.loader.exec_module = exec_then  # type: ignore[method-assign]
         return spec
 
 
 def install() -> None:
     """Called by the start-up line when the flag is on; safe to call twice."""
+    if any(isinstance(finder, _RunAfterImport) for finder in sys.meta_path):
+        return
+    from .planexe import LAYOUTS
+
+    after: dict[str, Any] = {layout["pipeline"]: _preload_patches for layout in LAYOUTS.values()}
     luigi = sys.modules.get("luigi")
     if luigi is not None:
         _patch_luigi(luigi)
-    elif not any(isinstance(finder, _PatchLuigiWhenImported) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchLuigiWhenImported())
+    else:
+        after["luigi"] = _patch_luigi
+    after = {name: then for name, then in after.items() if name not in sys.modules}
+    if after:
+        sys.meta_path.insert(0, _RunAfterImport(after))
 
 
 # -- for editable installs: write or remove the line by hand ---------------------------

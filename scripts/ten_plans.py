@@ -158,12 +158,20 @@ class DatabaseWorkers:
         return ids
 
     def wait(self, ids: list[str], timeout: float = 3600) -> dict[str, tuple[str, float]]:
-        """Each request's end state and when it was seen (polled every 0.1 s)."""
+        """Each request's end state and when it was seen (polled every 0.1 s).
+
+        Meanwhile it keeps each request's ``last_seen`` fresh, as the user's open browser does
+        (the worker stops a plan whose browser has not been seen for 80 s)."""
         from sqlalchemy import text
 
         ended: dict[str, tuple[str, float]] = {}
         deadline = time.time() + timeout
+        seen = 0.0
         while len(ended) < len(ids) and time.time() < deadline:
+            if time.time() - seen > 5:
+                with self.engine.begin() as conn:
+                    conn.execute(text("UPDATE plan_request SET last_seen = now() WHERE id = ANY(:ids)"), {"ids": ids})
+                seen = time.time()
             with self.engine.connect() as conn:
                 for row in conn.execute(text("SELECT id, state FROM plan_request WHERE id = ANY(:ids)"), {"ids": ids}):
                     if row.state in TERMINAL and row.id not in ended:

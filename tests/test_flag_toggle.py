@@ -155,6 +155,22 @@ def test_with_the_flag_off_the_hook_imports_nothing_of_ours(startup_hook: Path) 
     assert proc.stdout.splitlines()[1] == "False"  # with the flag on, luigi.build is ours once luigi is imported
 
 
+def test_with_the_flag_on_importing_planexes_pipeline_loads_the_patches_before_any_build(startup_hook: Path) -> None:
+    """A long-running worker imports PlanExe's pipeline at boot: the patches come with it, not with its first plan."""
+    code = "import sys, worker_plan_internal.plan.run_plan_pipeline; print('pipeline_patches.pipeline' in sys.modules)"
+    on = _python(code, PLANEXE_CONCURRENCY="1")
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.splitlines() == ["True"]
+    off = _python(code)
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.splitlines() == ["False"]
+    # luigi imported first, PlanExe later (the patch of luigi.build and the preload, each once)
+    loaded = "print('pipeline_patches.pipeline' in sys.modules)"
+    later = _python(f"import luigi, sys; {loaded}; import worker_plan_internal.plan.run_plan_pipeline; {loaded}", PLANEXE_CONCURRENCY="1")
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.splitlines() == ["False", "True"]
+
+
 def test_with_the_flag_on_a_build_that_is_not_planexes_passes_through(startup_hook: Path, tmp_path: Path) -> None:
     code = (
         "import luigi\n"
