@@ -109,7 +109,7 @@ class DatabaseWorkers:
         import sqlalchemy
 
         self.out, self.url, self.server = out, url, server
-        env = {**self._env(), "PYTHONPATH": str(DOUBLE_ROOT)}
+        env = self._env()
         # The schema first, in one process: ten workers creating it at once would race in PostgreSQL.
         subprocess.run([sys.executable, "-c", "from worker_plan_database.app import create_schema; create_schema()"],
                        env=env, check=True, capture_output=True, timeout=120)
@@ -117,7 +117,7 @@ class DatabaseWorkers:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANEXE_", "LUIGI_"))}
-        env.update(PLANEXE_DOUBLE_DATABASE_URL=self.url, PLANEXE_DOUBLE_START_TIME_JSON=START_TIME,
+        env.update(PYTHONPATH=str(DOUBLE_ROOT), PLANEXE_DOUBLE_DATABASE_URL=self.url, PLANEXE_DOUBLE_START_TIME_JSON=START_TIME,
                    PLANEXE_SIMLLM_URL=self.server.url, LLM_MODEL=SIM_MODEL)
         return env
 
@@ -125,7 +125,7 @@ class DatabaseWorkers:
         """``count`` workers (the flag on with ``workers`` Luigi workers, or off), once each has connected."""
         procs = []
         for i in range(count):
-            env = {**self._env(), "PYTHONPATH": str(DOUBLE_ROOT), "LUIGI_CONFIG_PATH": str(cfg),
+            env = {**self._env(), "LUIGI_CONFIG_PATH": str(cfg),
                    "PLANEXE_RUN_DIR": str(self.out / label), "PLANEXE_WORKER_ID": f"{label}-{i + 1}"}
             if workers is not None:
                 env.update(PLANEXE_CONCURRENCY="1", PLANEXE_WORKERS=str(workers))
@@ -230,8 +230,6 @@ def _through_database_workers(out: Path, server: SimServer, shared: dict[str, An
     from pipeline_patches.postgres import running_postgres
     from pipeline_patches.startup import install_hook, remove_hook
 
-    if args.speed != "fast":
-        raise SystemExit("ten_plans: --via database-worker runs the worker's fast plans only (--speed fast)")
     _path, installed = install_hook()  # the flag engages through the start-up hook, as in a user's install
     try:
         with running_postgres() as pg:
@@ -262,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="ten `planexe-concurrency run`s, or requests to the double's worker_plan_database on a throwaway PostgreSQL")
     p.add_argument("--worker-processes", type=int, default=None, help="database-worker: how many workers (default: --plans)")
     args = p.parse_args(argv)
-    args.worker_processes = args.worker_processes or args.plans
+    if args.worker_processes is None:
+        args.worker_processes = args.plans
+    if args.via == "database-worker" and args.speed != "fast":
+        p.error("--via database-worker runs the worker's fast plans only (--speed fast)")
     if min(args.plans, args.slots, args.workers, args.worker_processes) < 1 or args.rpm <= 0:
         p.error("--plans, --slots, --workers and --worker-processes must be >= 1 and --rpm > 0")
     out = args.out or Path(tempfile.mkdtemp(prefix="ten-plans-"))
