@@ -17,6 +17,10 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _DURATION = re.compile(r'("duration(?:_total|_average|_max|_min)?":\s*)\d+(\.\d+)?')
 _GENERATED_ON = re.compile(r"Generated on: [0-9: -]+")
 
+# What PlanExe's database worker writes beside the plan (its log, its activity trace, the
+# expected-file list it builds per request): may differ between two runs of the same plan.
+WORKER_EXTRAS = frozenset({"expected_filenames1.json", "log.txt", "track_activity.jsonl"})
+
 
 def normalize(text: str) -> str:
     names: dict[str, str] = {}

@@ -41,13 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from planexe_concurrency.simllm import SimServer, SimServerConfig  # noqa: E402
 from planexe_concurrency.simllm.server import max_requests_in_window, most_at_once  # noqa: E402
 from pipeline_patches.bench import PLAN, SIM_MODEL, START_TIME  # noqa: E402
-from pipeline_patches.compare import differing_files  # noqa: E402
+from pipeline_patches.compare import WORKER_EXTRAS, differing_files  # noqa: E402
 from pipeline_patches.rundir import state_dir_for  # noqa: E402
 from planexe_concurrency.timing import read_task_spans  # noqa: E402
 from pipeline_patches.planexe_double import DOUBLE_ROOT  # noqa: E402
 
-# What the database worker writes beside the plan and that may differ between two runs of it.
-WORKER_EXTRAS = {"expected_filenames1.json", "log.txt", "track_activity.jsonl"}
 TERMINAL = ("completed", "failed", "stopped")
 
 

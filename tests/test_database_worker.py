@@ -25,6 +25,7 @@ import pytest
 from pipeline_patches.rundir import state_dir_for
 
 from conftest import FIXED_START_TIME
+from pipeline_patches.compare import WORKER_EXTRAS
 from pipeline_patches.planexe_double import DOUBLE_ROOT
 from pipeline_patches.rundir import STATE_DIR_NAME
 
@@ -32,9 +33,6 @@ sqlalchemy = pytest.importorskip("sqlalchemy")
 from sqlalchemy import text  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-# What the worker writes beside the plan and that may differ between runs.
-WORKER_EXTRAS = {"expected_filenames1.json", "log.txt", "track_activity.jsonl"}
 
 PROGRESS_TRIGGER = """
 CREATE TABLE progress_log (seq BIGSERIAL PRIMARY KEY, request_id TEXT, progress DOUBLE PRECISION, backend_pid INTEGER);
