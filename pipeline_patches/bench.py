@@ -337,6 +337,8 @@ def _csv_ints(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="planexe-concurrency bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--latency", default="0.3", help="per-call latency: SECONDS, uniform:MEAN:SPREAD or lognormal:MEAN:SIGMA")
+    p.add_argument("--tokens-per-second", type=float, default=0.0,
+                   help="answer length costs time: --latency is then the time to first token, plus the answer's words at this rate (0 = off)")
     p.add_argument("--speed", choices=("all_details", "fast"), default="all_details")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--max-parallel", type=int, default=32)
@@ -396,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1 or args.max_parallel < 1 or args.repeat < 1:
         print("planexe-concurrency bench: error: --workers, --max-parallel and --repeat must be >= 1", file=sys.stderr)
         return 2
+    if args.tokens_per_second < 0:
+        print("planexe-concurrency bench: error: --tokens-per-second must be >= 0", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     extra = args.extra.split()
     if args.provider_slots:
@@ -404,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"planexe-concurrency bench: error: --provider-rows: unknown {unknown}; choose from {sorted(PROVIDER_ROWS)}", file=sys.stderr)
             return 2
         return provider_limits(args, argv)
-    with SimServer(SimServerConfig(latency=args.latency, log_path=str(args.out / "requests.jsonl"))) as server:
+    with SimServer(SimServerConfig(latency=args.latency, tokens_per_second=args.tokens_per_second, log_path=str(args.out / "requests.jsonl"))) as server:
         env = _environment(args, server)
         common = dict(speed=args.speed, server=server, python=args.python, env=env)
         results: list[RunResult] = []
@@ -463,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     table = format_table([r for r in everything if r.entry == "run"], reference, b, identical, rb)
     command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}).\n\n{table}\n"
+    report = f"Measured with `{command}` ({_latency_words(args)}, {args.speed}).\n\n{table}\n"
     if args.luigi_module:
         report += f"\nThe two entry points, by task span:\n\n{entry_point_table(results, reference, identical)}\n"
     first_exact = next((r for r in results if not r.sequential and r.fidelity == "exact"), None)
@@ -511,7 +516,7 @@ def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int
     for k in args.provider_slots:
         limits = {"slots": k} if args.provider_mode == "queue" else {"max_concurrent": k}
         log_path = args.out / f"requests-k{k}.jsonl"
-        with SimServer(SimServerConfig(latency=args.latency, log_path=str(log_path), **limits)) as server:
+        with SimServer(SimServerConfig(latency=args.latency, tokens_per_second=args.tokens_per_second, log_path=str(log_path), **limits)) as server:
             env = _environment(args, server)
             common = dict(speed=args.speed, server=server, python=args.python, env=env)
             print(f"bench: K={k} sequential ...", flush=True)
@@ -542,7 +547,7 @@ def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int
             )
     command = "planexe-concurrency bench " + " ".join(argv if argv is not None else sys.argv[1:])
     report = (
-        f"Measured with `{command}` (latency {args.latency} s per call, {args.speed}, {args.workers} workers, "
+        f"Measured with `{command}` ({_latency_words(args)}, {args.speed}, {args.workers} workers, "
         f"max_parallel {args.max_parallel}).\n\n" + "\n".join(lines) + "\n\nBound: max(the full critical-path bound of the "
         "sequential run, the sequential run's total call time / K); bound at K: the same with each task's overlappable "
         "calls at most K at a time in the critical path (K slots cannot run a task's loop wider). FIFO: critical_path_first = false (Luigi's order "
@@ -552,6 +557,12 @@ def provider_limits(args: argparse.Namespace, argv: Sequence[str] | None) -> int
     print("\n" + report)
     (args.out / "provider-limits.md").write_text(report, encoding="utf-8")
     return 0 if ok else 1
+
+
+def _latency_words(args: argparse.Namespace) -> str:
+    if args.tokens_per_second > 0:
+        return f"{args.latency} s to the first token plus the answer at {args.tokens_per_second:g} tokens/s"
+    return f"latency {args.latency} s per call"
 
 
 def _same_files(reference: Path, run: Path, lenient: bool) -> str:

@@ -137,6 +137,7 @@ def test_bench_prints_a_table_of_ratios_and_checks_the_files(tmp_path: Path, cap
     assert 0 < results["bounds"]["full"] <= results["bounds"]["graph"] <= seq["wall"]
     assert (out / "timeline-concurrent.html").exists() and (out / "timeline.png").exists()
     assert main(["bench", "--workers", "0"]) == 2
+    assert main(["bench", "--tokens-per-second", "-1"]) == 2
 
 
 def test_the_provider_table_says_when_only_recorded_call_durations_differ(tmp_path: Path) -> None:
