@@ -6,6 +6,7 @@ the speculation reports.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -15,7 +16,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import luigi
 
@@ -154,26 +155,40 @@ def executor_for(task: luigi.Task, settings: FanOutSettings, *, listeners: bool 
     models = planexe.LLMModelFromName.from_names(list(task.llm_models))  # type: ignore[attr-defined]
     return ConcurrentLLMExecutor(
         models, fanout=fanout_for(task, settings, listeners=listeners), should_stop_callback=stop_check_for(task),
-        attempt_context=attempt_tags(planexe),
+        attempt_context=attempt_tags(planexe, task.task_family),
     )
 
 
 _UUID4 = uuid.uuid4  # never the replayed one (speculative.UuidReplay): these ids are not PlanExe's task's
 
 
-def attempt_tags(planexe: Any) -> Callable[[], Any] | None:
+def attempt_tags(planexe: Any, task: str) -> Callable[[], Any] | None:
     """Where PlanExe's executor tags each attempt's instrumentation events with an id, ours does too.
 
     PlanExe's activity log (``track_activity.jsonl``) records the tags of every LLM event; a
     PlanExe whose executor module imports llama-index's ``instrument_tags`` puts an
-    ``llm_executor_uuid`` on each attempt. Older ones tag nothing, and neither do we.
+    ``llm_executor_uuid`` on each attempt, and logs that id with the attempt's outcome so that
+    its log and its activity log can be read side by side: each attempt here logs it too.
+    Older ones tag nothing, and neither do we.
     """
     tags = getattr(planexe.llm_executor, "instrument_tags", None)
     if tags is None:
         return None
 
-    def context() -> Any:
-        return tags({"llm_executor_uuid": str(_UUID4())})
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        executor_uuid = str(_UUID4())
+        started = time.perf_counter()
+        try:
+            with tags({"llm_executor_uuid": executor_uuid}):
+                yield
+        except BaseException as exc:
+            logger.info(
+                "task=%s llm_executor_uuid=%s attempt failed after %.2fs: %s",
+                task, executor_uuid, time.perf_counter() - started, type(exc).__name__,
+            )
+            raise
+        logger.info("task=%s llm_executor_uuid=%s attempt answered in %.2fs", task, executor_uuid, time.perf_counter() - started)
 
     return context
 

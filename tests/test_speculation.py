@@ -379,15 +379,17 @@ def test_frozen_keeps_the_loop_value_and_same_function_compares_captures() -> No
     assert not same_function(fns[0], fns[1])
 
 
-def test_attempts_carry_the_hosts_instrumentation_tags_where_the_host_tags_them(tmp_path: Path) -> None:
+def test_attempts_carry_the_hosts_instrumentation_tags_where_the_host_tags_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from types import SimpleNamespace
 
     from llama_index.core.instrumentation.dispatcher import instrument_tags
 
     from pipeline_patches.base import attempt_tags
 
-    assert attempt_tags(SimpleNamespace(llm_executor=SimpleNamespace())) is None  # an older PlanExe tags nothing
-    context = attempt_tags(SimpleNamespace(llm_executor=SimpleNamespace(instrument_tags=instrument_tags)))
+    assert attempt_tags(SimpleNamespace(llm_executor=SimpleNamespace()), "T") is None  # an older PlanExe tags nothing
+    context = attempt_tags(SimpleNamespace(llm_executor=SimpleNamespace(instrument_tags=instrument_tags)), "T")
     assert context is not None
     seen: list[Any] = []
     host = Host(tmp_path)
@@ -399,9 +401,25 @@ def test_attempts_carry_the_hosts_instrumentation_tags_where_the_host_tags_them(
 
         seen.append(dict(active_instrument_tags.get()))
 
-    executor.run_batch([fn, fn])
+    with caplog.at_level(logging.INFO, logger="planexe_concurrency"):
+        executor.run_batch([fn, fn])
     assert len(seen) == 2 and all(set(tags) == {"llm_executor_uuid"} for tags in seen)
     assert seen[0] != seen[1]
+    # the log names each attempt's id, as PlanExe's own executor does, to read beside the activity log
+    for tags in seen:
+        assert any(f"task=T llm_executor_uuid={tags['llm_executor_uuid']} attempt answered" in r.getMessage() for r in caplog.records)
+
+    def fails(llm: Any) -> None:
+        from llama_index.core.instrumentation.dispatcher import active_instrument_tags
+
+        seen.append(dict(active_instrument_tags.get()))
+        raise ValueError("no answer")
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="planexe_concurrency"), pytest.raises(Exception):
+        executor.run_batch([fails])
+    failed = seen[-1]["llm_executor_uuid"]
+    assert any(f"task=T llm_executor_uuid={failed} attempt failed after" in r.getMessage() for r in caplog.records)
 
 
 def test_a_record_pass_raises_no_instrumentation_event_and_logs_nothing_of_the_host(
