@@ -23,6 +23,9 @@ import pytest
 DUMP_SIGNAL = signal.SIGUSR2
 BEFORE_TIMEOUT = 15.0  # seconds: time for every process to write its stacks before pytest-timeout fires
 
+PROCESS_MARK = "--- process "
+INNERMOST = 4  # frames per thread in the closing summary: where it waits, not how it got there
+
 # Frames of pytest's own machinery, the same in every stack: left out of the summary.
 NOISE = ("/_pytest/", "/pluggy/", "<frozen runpy>", "/pytest/__main__.py")
 
@@ -66,6 +69,8 @@ def _dump_all(test: str) -> None:
     _dump_file.write(f"\n=== {test}: near its timeout, stacks of processes {pids} ===\n")
     _dump_file.flush()
     for pid in pids:
+        _dump_file.write(f"{PROCESS_MARK}{pid}{' (pytest)' if pid == os.getpid() else ''}\n")
+        _dump_file.flush()  # before the process writes its stacks after it, through its own copy of the descriptor
         try:
             os.kill(pid, DUMP_SIGNAL)
         except OSError:
@@ -98,6 +103,31 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         timer.cancel()
 
 
+def where_they_wait(text: str) -> list[str]:
+    """One line per thread of each process in a dump: its innermost frames, innermost first."""
+    lines, process, thread, frames = [], "", "", []  # type: ignore[var-annotated]
+
+    def close() -> None:
+        if thread and frames and not frames[0].startswith("_dump_all ("):  # the thread that asked for the dumps
+            lines.append(f"{process} {thread}: " + " < ".join(frames))
+
+    for line in text.splitlines():
+        if line.startswith(PROCESS_MARK) or line.startswith("Thread 0x") or line.startswith("Current thread 0x"):
+            close()
+            thread, frames = "", []
+            if line.startswith(PROCESS_MARK):
+                process = "pid " + line[len(PROCESS_MARK):]
+            else:
+                thread = line.split(" (")[0].replace("Current thread", "current")
+        elif line.startswith("  File ") and thread and len(frames) < INNERMOST:
+            where, _, function = line.strip()[len("File "):].rpartition(" in ")
+            path, _, number = where.rpartition(", line ")
+            frames.append(f"{function} ({Path(path.strip(chr(34))).name}:{number})")
+    close()
+    return lines
+
+
+@pytest.hookimpl(trylast=True)  # after the coverage table: the last lines of a CI log are what one sees first
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _dump_file is None:
         return
@@ -108,6 +138,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for line in text.splitlines():
             if not any(noise in line for noise in NOISE):
                 terminalreporter.write_line(line)
+        terminalreporter.section("where each process of that test waited (innermost frames first)")
+        for line in where_they_wait(text):
+            terminalreporter.write_line(line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
