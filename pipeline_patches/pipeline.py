@@ -19,6 +19,7 @@ from typing import Any
 import luigi
 from luigi.cmdline_parser import CmdlineParser
 
+from planexe_concurrency import forksafe
 from planexe_concurrency.config import ConfigError, read_config
 from planexe_concurrency.priority import CriticalPathPriority
 from planexe_concurrency.ratelimit import release_request_slot
@@ -223,6 +224,8 @@ def _show_our_logs_where_luigi_shows_its_own(*_args: object) -> None:
         ours.setLevel(theirs.getEffectiveLevel())
 
 enable()
+# Luigi forks a process per task from here while other threads may be logging: see forksafe.
+forksafe.install()
 # `luigi --module pipeline_patches.pipeline ... --workers N` imports this module in the
 # parent, before it forks a process per task: pay the LLM client's lazy imports once here.
 import_lazy_modules()

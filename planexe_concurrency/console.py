@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from . import forksafe
 from .events import append_text
 from .progress import CONSOLE_FILE, JsonlTail, RunProgress, RunSummary, Snapshot
 
@@ -190,12 +191,13 @@ class ProgressReporter:
         self.title = title
         self.progress = RunProgress(state_dir, host=host)
         self._console_tail = JsonlTail(Path(state_dir) / CONSOLE_FILE)
-        self._plain_printer = plain_printer or self._write_line
+        self._plain_printer = plain_printer or self._write_line_alone
         # The parent that draws is Luigi's scheduler too: look at the files only as often as needed.
         self._tick = tick if tick is not None else 0.25 if self.live else min(1.0, max(0.05, interval / 4))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._fork_token: int | None = None
         self._live: Any = None
         self._last_plain = 0.0
         self.last: Snapshot | None = None
@@ -203,6 +205,10 @@ class ProgressReporter:
     def _write_line(self, line: str) -> None:
         self.stream.write(line + "\n")
         self.stream.flush()
+
+    def _write_line_alone(self, line: str) -> None:
+        with self._lock:  # the lock a fork waits for (see start)
+            self._write_line(line)
 
     def print_line(self, line: str) -> None:
         """A console line (a warning, a notice) above the display, never through it."""
@@ -230,6 +236,9 @@ class ProgressReporter:
             self._live = Live(console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False, transient=False)
             self._live.start()
         self._last_plain = time.monotonic()
+        # This thread draws while Luigi forks the workers: a fork waits for a line or a frame
+        # being written, else the child would inherit the stream's lock held (forksafe).
+        self._fork_token = forksafe.hold_at_fork(self._lock)
         self._thread = threading.Thread(target=self._loop, name="planexe-concurrency-progress", daemon=True)
         self._thread.start()
 
@@ -256,6 +265,9 @@ class ProgressReporter:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._fork_token is not None:
+            forksafe.release_at_fork(self._fork_token)
+            self._fork_token = None
         snap = self.refresh(final=True)
         with self._lock:
             if self._live is not None:

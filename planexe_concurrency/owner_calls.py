@@ -37,6 +37,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from . import forksafe
+
 logger = logging.getLogger("planexe_concurrency")
 
 Message = dict[str, Any]
@@ -244,30 +246,17 @@ def _read_message(conn: socket.socket) -> Message | None:
 
 # A fork copies every lock as it is. A call running in one of the owner's threads at that moment
 # (PlanExe's callback writing its log file, say) would leave the child a stream buffer locked
-# for ever: the child's first log line hangs. So a fork waits for the call in progress to end.
-FORK_WAIT = 5.0  # a call that takes longer (a stuck callback) does not hold up the scheduler: it forks anyway
-_held_for_fork = threading.local()
-
-
-def _before_fork() -> None:
-    held = []
-    for server in list(_servers):
-        if server._listener is not None and server.in_owner and server._lock.acquire(timeout=FORK_WAIT):
-            held.append(server._lock)
-    _held_for_fork.locks = held
-
-
-def _after_fork_in_parent() -> None:
-    for lock in getattr(_held_for_fork, "locks", ()):
-        lock.release()
-    _held_for_fork.locks = []
+# for ever: the child's first log line hangs. So a fork waits for the call in progress to end
+# (at most forksafe.FORK_WAIT: a stuck callback does not hold up the scheduler).
+def _serving_locks() -> list[threading.Lock]:
+    return [server._lock for server in list(_servers) if server._listener is not None and server.in_owner]
 
 
 def _after_fork_in_child() -> None:
-    _held_for_fork.locks = []
     for server in list(_servers):
         server._after_fork_in_child()
 
 
+forksafe.hold_at_fork(_serving_locks)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -126,9 +126,9 @@ def test_a_child_killed_mid_call_holds_up_nobody(server: OwnerCallServer, record
 def test_a_child_whose_owner_dies_stops_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The owner dies while it runs a grandchild's call: the grandchild gets OwnerGone, it does not hang,
     even though another process still holds the connection open (so no end-of-file arrives)."""
-    import planexe_concurrency.owner_calls as owner_calls
+    from planexe_concurrency import forksafe
 
-    monkeypatch.setattr(owner_calls, "FORK_WAIT", 0.1)  # the sibling below forks during the call on purpose
+    monkeypatch.setattr(forksafe, "FORK_WAIT", 0.1)  # the sibling below forks during the call on purpose
     result = tmp_path / "result.json"
 
     def owner() -> None:
