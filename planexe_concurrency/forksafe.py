@@ -85,7 +85,7 @@ def _after_fork_in_parent() -> None:
     _held.locks = []
 
 
-def _after_fork_in_child() -> None:
+def _after_fork_in_child() -> None:  # pragma: no cover - runs in a forked child (coverage is the parent's)
     # The child's copies, each taken by this very thread (the one that forked): let them go.
     # logging has reset its handlers' locks in the child already; releasing one of those fails.
     for lock in reversed(getattr(_held, "locks", ())):
