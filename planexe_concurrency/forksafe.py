@@ -20,6 +20,7 @@ scheduler; it forks anyway (with the locks it got), as it would without this.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterable
 FORK_WAIT = 5.0
 
 _sources: dict[int, Callable[[], Iterable[Any]]] = {}
+_tokens = itertools.count(1)
 _sources_lock = threading.Lock()
 _held = threading.local()
 _installed = False
@@ -38,9 +40,9 @@ def hold_at_fork(locks: Any) -> int:
     """A fork waits for ``locks`` (a lock, or a callable giving the locks to wait for now) to be free,
     and holds them while it forks. Returns a token for :func:`release_at_fork`."""
     install()
-    source = locks if callable(locks) and not hasattr(locks, "acquire") else (lambda: (locks,))
+    source = locks if callable(locks) else (lambda: (locks,))
     with _sources_lock:
-        token = max(_sources, default=0) + 1
+        token = next(_tokens)
         _sources[token] = source
     return token
 
