@@ -51,6 +51,31 @@ def fresh_llm_instances() -> Iterator[None]:
 
 
 @pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """What ``configure_logging`` changes (a run set up in-process, as ``main(["run", ...])`` does),
+    put back after the test: the root's handlers and level, the loggers it turns up to DEBUG and
+    the capture of warnings. Left so, every later test's simulated server would log each request
+    in the process that forks the workers."""
+    import logging
+
+    from planexe_concurrency.console import DETAILED_LOGGERS
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in DETAILED_LOGGERS}
+    warnings_captured = getattr(logging, "_warnings_showwarning", None) is not None
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    for name, was in levels.items():
+        logging.getLogger(name).setLevel(was)
+    logging.captureWarnings(warnings_captured)
+
+
+@pytest.fixture
 def luigi_config() -> Iterator[luigi.configuration.LuigiConfigParser]:
     """Luigi's global config parser, restored after the test so settings never leak between tests."""
     cfg = luigi.configuration.get_config()

@@ -13,28 +13,10 @@ from pipeline_patches.rundir import state_dir_for
 
 
 @pytest.fixture(autouse=True)
-def _restore_global_state(luigi_config):  # type: ignore[no-untyped-def]
+def _restore_global_state(luigi_config, restored_logging):  # type: ignore[no-untyped-def]
     """`main` sets up logging on the (captured) stderr and `run` writes its settings into Luigi's
-    global config, as a command should; undo both per test. (The loggers `run` turns up to DEBUG
-    too: left so, every later test's simulated server would log each request through pytest's
-    handlers, in the process that forks the workers.)"""
-    import logging
-
-    from planexe_concurrency.console import DETAILED_LOGGERS
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in DETAILED_LOGGERS}
-    warnings_captured = getattr(logging, "_warnings_showwarning", None) is not None
+    global config, as a command should; undo both per test."""
     yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-    for name, was in levels.items():
-        logging.getLogger(name).setLevel(was)
-    logging.captureWarnings(warnings_captured)
 
 
 def test_run_on_the_built_in_defaults_writes_a_whole_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -211,39 +211,32 @@ def test_console_levels() -> None:
         console_level(0, "loud")
 
 
-def test_logging_goes_once_to_the_file_and_warnings_to_the_console(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_logging_goes_once_to_the_file_and_warnings_to_the_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
     root = logging.getLogger()
-    before = list(root.handlers), root.level
-    try:
-        configure_console(0)
-        console = configure_logging(0, tmp_path / "log.txt", tmp_path / CONSOLE_FILE)
-        assert sum(1 for h in root.handlers if isinstance(h, ConsoleHandler)) == 1  # replaced, not added
-        logging.getLogger("luigi-interface").debug("scheduler detail")
-        logging.getLogger("planexe_concurrency").info("a task's item")
-        logging.getLogger("somewhere").warning("look here")
-        pid = os.fork()
-        if pid == 0:  # a forked Luigi worker: its console line goes to the parent's file
-            logging.getLogger("child").warning("from the worker")
-            os._exit(0)
-        os.waitpid(pid, 0)
-        for handler in root.handlers:
-            handler.flush()
-        log = (tmp_path / "log.txt").read_text()
-        assert log.count("scheduler detail") == 1 and log.count("a task's item") == 1 and log.count("look here") == 1
-        err = capsys.readouterr().err
-        assert err == "WARNING somewhere: look here\n"
-        assert (tmp_path / CONSOLE_FILE).read_text() == "WARNING child: from the worker\n"
-        seen: list[str] = []
-        console.printer = seen.append
-        logging.getLogger("x").error("drawn by the display")
-        assert seen == ["ERROR x: drawn by the display"]
-    finally:
-        for handler in list(root.handlers):
-            if handler not in before[0]:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(before[1])
-        logging.captureWarnings(False)
+    configure_console(0)
+    console = configure_logging(0, tmp_path / "log.txt", tmp_path / CONSOLE_FILE)
+    assert sum(1 for h in root.handlers if isinstance(h, ConsoleHandler)) == 1  # replaced, not added
+    logging.getLogger("luigi-interface").debug("scheduler detail")
+    logging.getLogger("planexe_concurrency").info("a task's item")
+    logging.getLogger("somewhere").warning("look here")
+    pid = os.fork()
+    if pid == 0:  # a forked Luigi worker: its console line goes to the parent's file
+        logging.getLogger("child").warning("from the worker")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    for handler in root.handlers:
+        handler.flush()
+    log = (tmp_path / "log.txt").read_text()
+    assert log.count("scheduler detail") == 1 and log.count("a task's item") == 1 and log.count("look here") == 1
+    err = capsys.readouterr().err
+    assert err == "WARNING somewhere: look here\n"
+    assert (tmp_path / CONSOLE_FILE).read_text() == "WARNING child: from the worker\n"
+    seen: list[str] = []
+    console.printer = seen.append
+    logging.getLogger("x").error("drawn by the display")
+    assert seen == ["ERROR x: drawn by the display"]
 
 
 def test_run_info_round_trips(state_dir: Path) -> None:
