@@ -35,38 +35,55 @@ def _child_ends_within(seconds: float, body: Callable[[], object]) -> tuple[bool
     return False, forked_after
 
 
+class _Entered(logging.Formatter):
+    """Tells when a line is being written: format runs inside the handler's lock, before the write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def format(self, record: logging.LogRecord) -> str:
+        self.event.set()
+        return super().format(record)
+
+
 @pytest.fixture
-def slow_log() -> Iterator[logging.Logger]:
-    """A logger whose handler writes to a pipe nobody reads for the first 0.4 s."""
+def slow_log() -> Iterator[tuple[logging.Logger, threading.Event]]:
+    """A logger whose handler writes to a pipe that nobody reads until 0.5 s after a line is begun."""
     forksafe.install()
     read, write = os.pipe()
     stream = os.fdopen(write, "w")
     handler = logging.StreamHandler(stream)
+    entered = _Entered()
+    handler.setFormatter(entered)
     log = logging.getLogger("planexe_concurrency.test_forksafe")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
 
     def drain() -> None:
-        time.sleep(0.4)
+        entered.event.wait(10)
+        time.sleep(0.5)
         while os.read(read, 1 << 16):
             pass
 
     threading.Thread(target=drain, daemon=True).start()
     try:
-        yield log
+        yield log, entered.event
     finally:
         log.removeHandler(handler)
         stream.close()
 
 
-def test_a_child_forked_while_a_parent_thread_writes_a_log_line_can_log(slow_log: logging.Logger) -> None:
+def test_a_child_forked_while_a_parent_thread_writes_a_log_line_can_log(slow_log: tuple[logging.Logger, threading.Event]) -> None:
     # A line larger than a pipe holds: the writing thread blocks inside the stream's write, holding
-    # its lock, until the pipe is drained (0.4 s on). A fork meanwhile copies that lock as held.
-    writer = threading.Thread(target=lambda: slow_log.info("x" * 200_000), daemon=True)
+    # its lock, until the pipe is drained. A fork meanwhile copies that lock as held.
+    log, entered = slow_log
+    writer = threading.Thread(target=lambda: log.info("x" * 200_000), daemon=True)
     writer.start()
-    time.sleep(0.1)
-    ended, fork_took = _child_ends_within(5.0, lambda: slow_log.info("a line from the child"))
+    assert entered.wait(10)
+    time.sleep(0.1)  # now inside the write, blocked on the full pipe
+    ended, fork_took = _child_ends_within(5.0, lambda: log.info("a line from the child"))
     writer.join(5)
     assert ended  # without the fork hook the child's first line waits for ever on the copied lock
     assert fork_took >= 0.2  # the fork waited for the parent's line to be written
@@ -78,7 +95,7 @@ def test_a_registered_lock_is_waited_for_and_no_longer_once_released() -> None:
     token = forksafe.hold_at_fork(lock)
     try:
         lock.acquire()
-        threading.Timer(0.3, lock.release).start()
+        threading.Timer(0.5, lock.release).start()
         ended, fork_took = _child_ends_within(5.0, lambda: None)
         assert ended and fork_took >= 0.2
         # the child got its copy of the lock free: it can take it
@@ -115,8 +132,11 @@ def test_a_thread_that_holds_one_of_the_locks_and_waits_for_another_is_not_deadl
     display = threading.Lock()
     token = forksafe.hold_at_fork(display)
 
+    inside = threading.Event()
+
     class PrintedByTheDisplay(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:  # runs holding this handler's lock
+            inside.set()
             time.sleep(0.3)
             with display:
                 pass
@@ -128,7 +148,7 @@ def test_a_thread_that_holds_one_of_the_locks_and_waits_for_another_is_not_deadl
     try:
         writer = threading.Thread(target=lambda: log.warning("a warning"), daemon=True)
         writer.start()
-        time.sleep(0.1)  # the writer is inside emit: it holds the handler's lock and will want the display's
+        assert inside.wait(10)  # the writer is inside emit: it holds the handler's lock and will want the display's
         ended, fork_took = _child_ends_within(10.0, lambda: None)
         writer.join(5)
         assert ended and not writer.is_alive()
