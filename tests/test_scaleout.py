@@ -148,7 +148,11 @@ def test_kill_9_in_the_middle_of_wbs_level3_then_rerun(
     run_dir = new_run_dir("crash")
     answers = state_dir_for(run_dir) / "answers" / "CreateWBSLevel3Task"
     merged = run_dir / "023-2-wbs_level3.json"
-    # One WBS level-3 call at a time, so the kill lands between the first answer and the second.
+    first_raw = "023-1-1-wbs_level3_raw.json"
+    # One WBS level-3 call at a time, so the kill lands between the first answer and the second:
+    # once the first item's raw file is whole (PlanExe writes it with a plain open(), which is not
+    # atomic: a kill inside that write is the start marks' case, test_a_planexe_task_killed_while_
+    # writing_its_last_file_runs_again), while the second call is out (0.2 s).
     cmd = _luigi_cmd(
         run_dir, "--workers", "2", "--local-scheduler",
         "--planexe-concurrency-task-overrides", '{"CreateWBSLevel3Task": {"max_parallel": 1}}',
@@ -157,10 +161,12 @@ def test_kill_9_in_the_middle_of_wbs_level3_then_rerun(
     proc = subprocess.Popen(cmd, env=_env(server), stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
     try:
         deadline = time.time() + 180
-        while not (answers.is_dir() and any(answers.glob("*.json"))):
+        whole = (http_reference / first_raw).read_bytes()
+        while not ((run_dir / first_raw).is_file() and (run_dir / first_raw).read_bytes() == whole):
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "CreateWBSLevel3Task never saved its first answer"
+            assert time.time() < deadline, "CreateWBSLevel3Task never wrote its first item"
             time.sleep(0.01)
+        assert answers.is_dir() and any(answers.glob("*.json"))  # and its answer was saved
         os.killpg(proc.pid, signal.SIGKILL)  # the worker and every process it forked
     finally:
         if proc.poll() is None:
