@@ -12,11 +12,9 @@ from pipeline_patches.cli import main
 from pipeline_patches.rundir import state_dir_for
 
 
-@pytest.fixture(autouse=True)
-def _restore_global_state(luigi_config, restored_logging):  # type: ignore[no-untyped-def]
-    """`main` sets up logging on the (captured) stderr and `run` writes its settings into Luigi's
-    global config, as a command should; undo both per test."""
-    yield
+# `main` sets up logging on the (captured) stderr and `run` writes its settings into Luigi's
+# global config, as a command should; both are undone after each test.
+pytestmark = pytest.mark.usefixtures("luigi_config", "restored_logging")
 
 
 def test_run_on_the_built_in_defaults_writes_a_whole_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
