@@ -22,7 +22,7 @@ from luigi.cmdline_parser import CmdlineParser
 from planexe_concurrency import forksafe
 from planexe_concurrency.config import ConfigError, read_config
 from planexe_concurrency.priority import CriticalPathPriority
-from planexe_concurrency.ratelimit import release_request_slot
+from planexe_concurrency.ratelimit import end_of_request
 from planexe_concurrency.timing import append_task_event
 
 from planexe_concurrency.reuse import ReusedInstances
@@ -201,7 +201,7 @@ def _no_in_flight_slot_outlives_its_task(*_args: object) -> None:
     """A request PlanExe's code sent outside our executor and that raised keeps its slot (no end
     event comes): let it go when the task ends, in the thread that ran the task. Under
     ``--workers N`` the task's process ends anyway; with one worker the next task runs in it."""
-    release_request_slot()
+    end_of_request()
 
 
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_DISCOVERED)

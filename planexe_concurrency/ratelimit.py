@@ -296,7 +296,10 @@ class RequestPacer:
 # dispatches another: only the inner one is a request.
 _WRAPPER_CLASS_NAMES = frozenset({"structured_llm"})
 
-_this_thread = threading.local()  # .priority: of the requests this thread sends; .held: (cap, slot)
+# .priority: of the requests this thread sends; .held: (cap, slot); .due: (cap, priority), a request
+# announced whose slot is taken as it goes out (httpx); .learning: (routes, LLM class), a request
+# holding its slot from its start event, whose class may be seen going out through httpx
+_this_thread = threading.local()
 _gate: dict[str, Any] = {}  # "key", "handlers", "priority" (the process's default)
 _gate_lock = threading.Lock()
 
@@ -312,7 +315,7 @@ def request_priority(priority: float) -> Iterator[None]:
         yield
     finally:
         _this_thread.priority = before
-        release_request_slot()
+        end_of_request()
 
 
 def release_request_slot() -> None:
@@ -320,6 +323,77 @@ def release_request_slot() -> None:
     if held is not None:
         _this_thread.held = None
         held[0].give_back(held[1])
+
+
+def end_of_request() -> None:
+    """The thread's request is over (its end event, or its attempt ended): no slot kept, none due."""
+    _this_thread.due = None
+    _this_thread.learning = None
+    release_request_slot()
+
+
+class _HttpxRoutes:
+    """LLM classes seen sending their request through ``httpx.Client.send`` in the thread that
+    announced it, for every process of a run: ``<cap file>.httpx``, one class name a line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._known: frozenset[str] = frozenset()  # replaced, never changed: threads read it without a lock
+
+    def known(self, llm_class: str) -> bool:
+        if llm_class not in self._known:
+            try:
+                self._known = self._known | set(self.path.read_text(encoding="utf-8").split())
+            except OSError:
+                pass
+        return llm_class in self._known
+
+    def learn(self, llm_class: str) -> None:
+        if not llm_class or self.known(llm_class):
+            return
+        self._known = self._known | {llm_class}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{llm_class}\n".encode("utf-8"))  # one small O_APPEND write: whole lines
+        finally:
+            os.close(fd)
+
+
+_httpx_send: list[Callable[..., Any]] = []  # httpx.Client.send as it was before ours wrapped it
+_httpx_lock = threading.Lock()
+
+
+def _take_slots_as_requests_go_out() -> None:
+    """Wrap ``httpx.Client.send`` (once per process, for good; it does nothing in a thread with no
+    request announced) so a due request takes its in-flight slot right before its bytes go out."""
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - llama-index depends on httpx
+        return
+    with _httpx_lock:
+        if _httpx_send:
+            return
+        send = httpx.Client.send
+        _httpx_send.append(send)
+
+    def send_when_a_slot_is_free(client: Any, request: Any, **kwargs: Any) -> Any:
+        learning = getattr(_this_thread, "learning", None)
+        if learning is not None:
+            _this_thread.learning = None
+            learning[0].learn(learning[1])
+        due = getattr(_this_thread, "due", None)
+        if due is None:
+            return send(client, request, **kwargs)
+        if getattr(_this_thread, "held", None) is None:
+            _this_thread.held = (due[0], due[0].take(due[1]))
+        streamed = bool(kwargs.get("stream"))
+        try:
+            return send(client, request, **kwargs)
+        finally:
+            if not streamed:  # the whole answer is read: the provider is done with it (a retry takes a slot anew)
+                release_request_slot()
+
+    httpx.Client.send = send_when_a_slot_is_free  # type: ignore[method-assign]
 
 
 def gate_llm_requests(
@@ -337,6 +411,13 @@ def gate_llm_requests(
     thread's :func:`request_priority` (else ``priority``, the process's default), then of
     arrival. Installed once per process (a forked child inherits it); calling it again with
     other slots or another cap replaces the gate, with ``slots=None, cap=None`` removes it.
+
+    The in-flight slot is taken as late as it can be: an LLM class seen (by any process of the
+    run, ``<cap file>.httpx``) sending its request through ``httpx.Client.send`` in the thread
+    that announced it takes the slot there, right before the bytes go out, and gives it back
+    once the whole answer is read (a streamed one: at the end event); building the request
+    (~14 ms a call on a busy machine, measured) then happens outside the slot. Any other
+    class, and the first request of each class in a run, holds it from the start event.
 
     Limits: a provider class whose ``chat`` is built on its own ``complete`` (llama-index's
     ``CustomLLM``) announces one request twice and is paced twice as strictly (it takes one
@@ -361,6 +442,7 @@ def gate_llm_requests(
         )
 
         starts, ends = (LLMChatStartEvent, LLMCompletionStartEvent), (LLMChatEndEvent, LLMCompletionEndEvent)
+        routes = _HttpxRoutes(Path(f"{cap.path}.httpx")) if cap is not None else None
 
         class _RequestGateHandler(BaseEventHandler):
             """``ends``: the first handler a request's end event meets (the slot is free before hosts
@@ -375,7 +457,7 @@ def gate_llm_requests(
             def handle(self, event: Any, **kwargs: Any) -> None:
                 if self.ends:
                     if isinstance(event, ends):
-                        release_request_slot()
+                        end_of_request()
                     return
                 if not isinstance(event, starts):
                     return
@@ -387,8 +469,15 @@ def gate_llm_requests(
                 if slots is not None:
                     slots.wait_for_slot(wait_with)
                 if cap is not None and getattr(_this_thread, "held", None) is None and not _in_event_loop():
-                    _this_thread.held = (cap, cap.take(wait_with))
+                    llm_class = str(model.get("class_name") or "")
+                    if llm_class and routes.known(llm_class):
+                        _this_thread.due = (cap, wait_with)
+                    else:
+                        _this_thread.held = (cap, cap.take(wait_with))
+                        _this_thread.learning = (routes, llm_class)
 
+        if cap is not None:
+            _take_slots_as_requests_go_out()
         at_start, at_end = _RequestGateHandler(), _RequestGateHandler(ends=True)
         root = get_dispatcher()
         root.add_event_handler(at_start)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import luigi
 import pytest
@@ -509,3 +510,93 @@ def test_a_slot_kept_by_a_request_that_raised_outside_the_executor_is_let_go_whe
         assert cap.in_use_here() == 0
     finally:
         ungate_llm_requests()
+
+
+def test_a_request_through_httpx_takes_its_slot_as_it_goes_out_once_its_class_is_known(
+    sim_server_factory: Any, tmp_path: Path
+) -> None:
+    """The first request of an LLM class holds the slot from its start event; once that request is
+    seen going out through httpx, later ones (in any process naming the cap) take it right before
+    their bytes go out and give it back once the answer is read: building a request holds no slot."""
+    pytest.importorskip("llama_index.llms.openai_like")
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChatStartEvent
+    from llama_index.llms.openai_like import OpenAILike
+
+    from planexe_concurrency.ratelimit import gate_llm_requests, ungate_llm_requests
+
+    server = sim_server_factory(latency=0.05)
+    cap = SharedInFlightCap(tmp_path / "cap", 1, poll=0.002)
+    seen: list[tuple[str, int]] = []
+    started = threading.Event()
+
+    class HostLog(BaseEventHandler):  # after the gate's start handler: sees what it left held
+        @classmethod
+        def class_name(cls) -> str:
+            return "HostLog"
+
+        def handle(self, event: object, **kwargs: object) -> None:
+            if isinstance(event, (LLMChatStartEvent, LLMChatEndEvent)):
+                seen.append((type(event).__name__, cap.in_use_here()))
+                started.set()
+
+    def llm(port: int | None = None) -> OpenAILike:
+        base = server.url if port is None else f"http://127.0.0.1:{port}"
+        return OpenAILike(model="simulated", api_base=base + "/v1", api_key="x", is_chat_model=True, max_retries=0)
+
+    gate_llm_requests(cap=cap)
+    host = HostLog()
+    get_dispatcher().add_event_handler(host)
+    try:
+        llm().chat([_user("first of its class")])
+        assert seen == [("LLMChatStartEvent", 1), ("LLMChatEndEvent", 0)]  # held from the start event
+        assert (tmp_path / "cap.httpx").read_text().split() == ["OpenAILike"]
+        seen.clear()
+        llm().chat([_user("second")])
+        assert seen == [("LLMChatStartEvent", 0), ("LLMChatEndEvent", 0)]  # taken as it went out, back before the end event
+        assert cap.in_use_here() == 0
+
+        # held elsewhere: an announced request waits at the transport, and the server sees nothing meanwhile
+        server.clear_log()
+        slot = cap.take()
+        started.clear()
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(lambda: llm().chat([_user("waits at the transport")]))
+            assert started.wait(5.0)
+            time.sleep(0.2)
+            assert not waiting.done() and server.count() == 0
+            cap.give_back(slot)
+            waiting.result(5.0)
+        assert server.count() == 1 and cap.in_use_here() == 0
+
+        # a request whose bytes never reach a server gives the slot back at once (no end event comes)
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            dead_port = closed.getsockname()[1]
+        with pytest.raises(Exception):
+            llm(dead_port).chat([_user("nobody listens")])
+        assert cap.in_use_here() == 0
+
+        # a streamed answer keeps the slot until it has been read to its end
+        stream = llm().stream_chat([_user("streamed")])
+        first = next(stream)
+        assert cap.in_use_here() == 1 and first is not None
+        for _ in stream:
+            pass
+        assert cap.in_use_here() == 0
+    finally:
+        get_dispatcher().event_handlers = [h for h in get_dispatcher().event_handlers if h is not host]
+        ungate_llm_requests()
+
+
+def test_what_one_process_learns_about_a_class_every_process_of_the_run_reads(tmp_path: Path) -> None:
+    from planexe_concurrency.ratelimit import _HttpxRoutes
+
+    here, there = _HttpxRoutes(tmp_path / "cap.httpx"), _HttpxRoutes(tmp_path / "cap.httpx")
+    assert not here.known("OpenAILike") and not there.known("OpenAILike")
+    here.learn("OpenAILike")
+    here.learn("OpenAILike")
+    here.learn("")
+    assert there.known("OpenAILike") and not there.known("Ollama")
+    assert (tmp_path / "cap.httpx").read_text() == "OpenAILike\n"
