@@ -411,7 +411,8 @@ def _send(task: luigi.Task) -> Callable[[Sequence[Callable[[Any], Any]], Sequenc
 
 
 def _log_failure(task: luigi.Task, label: str, error: BaseException) -> None:
-    logger.error(
+    """At WARNING, as the fan-out's own give-up line (README): PlanExe may go on without the call."""
+    logger.warning(
         "task=%s item=%s failed after retries and fallback: %s: %s (PlanExe's code decides what follows)",
         task.task_family, label, type(error).__name__, one_line(error),
     )

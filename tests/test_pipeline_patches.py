@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -322,10 +323,20 @@ def test_premise_attack_asks_its_five_lenses_at_once_and_writes_planexes_files(
     assert running[-1] - running[0] < 0.2  # all five in flight together, not one after another
 
 
-def test_premise_attack_skips_failed_lenses_like_planexe(reference: Path, tmp_path: Path) -> None:
-    outputs = _ours_and_planexes_with_a_failing_model(reference, tmp_path, "PremiseAttackTask")
+def test_premise_attack_skips_failed_lenses_like_planexe(
+    reference: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="planexe_concurrency"):
+        outputs = _ours_and_planexes_with_a_failing_model(reference, tmp_path, "PremiseAttackTask")
     assert outputs["ours"] == outputs["planexe"]
     assert b'"response_list": []' in outputs["ours"]["raw"]
+    # each lens given up is logged at WARNING with its task and call (README), none at ERROR by us
+    ours = [r for r in caplog.records if r.name.startswith("planexe_concurrency")]
+    failed = [r.getMessage() for r in ours if r.levelno == logging.WARNING and "state=failed" in r.getMessage()]
+    assert all(any("task=PremiseAttackTask" in m and f"label='call {n}'" in m for m in failed) for n in range(1, 6))
+    early = [r for r in ours if "failed after retries and fallback" in r.getMessage()]
+    assert early and all(r.levelno == logging.WARNING for r in early)  # a call an early send gave up
+    assert not [r for r in ours if r.levelno >= logging.ERROR]
 
 
 def test_the_warm_up_imports_what_every_task_would_and_no_client_library_its_models_do_not_use() -> None:
