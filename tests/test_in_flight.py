@@ -398,22 +398,11 @@ def test_a_gated_request_holds_its_slot_only_while_it_is_out(tmp_path: Path) -> 
         return llm.complete("second").text  # type: ignore[attr-defined]
 
     from llama_index.core.instrumentation import get_dispatcher
-    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
     from llama_index.core.instrumentation.events.llm import LLMCompletionEndEvent, LLMCompletionStartEvent
 
     held_when_the_host_logs: list[tuple[str, int]] = []
-
-    class HostLog(BaseEventHandler):  # a host's activity log (PlanExe's track_activity), installed first
-        @classmethod
-        def class_name(cls) -> str:
-            return "HostLog"
-
-        def handle(self, event: object, **kwargs: object) -> None:
-            if isinstance(event, (LLMCompletionStartEvent, LLMCompletionEndEvent)):
-                held_when_the_host_logs.append((type(event).__name__, cap.in_use_here()))
-
-    host = HostLog()
-    get_dispatcher().add_event_handler(host)
+    host = _host_log(cap, (LLMCompletionStartEvent, LLMCompletionEndEvent), held_when_the_host_logs)
+    get_dispatcher().add_event_handler(host)  # installed before the gate: its handlers go first
     gate_llm_requests(cap=cap)
     try:
         # two tasks (a fan-out under a cap of 1 runs one call at a time itself)
@@ -435,6 +424,23 @@ def test_a_gated_request_holds_its_slot_only_while_it_is_out(tmp_path: Path) -> 
     finally:
         ungate_llm_requests()
         get_dispatcher().event_handlers = [h for h in get_dispatcher().event_handlers if h is not host]
+
+
+def _host_log(cap: SharedInFlightCap, events: tuple[type, ...], seen: list[tuple[str, int]], then: Callable[[], object] = lambda: None) -> Any:
+    """A host's activity log (PlanExe's track_activity): notes each of ``events`` with the slots held here then."""
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+    class HostLog(BaseEventHandler):
+        @classmethod
+        def class_name(cls) -> str:
+            return "HostLog"
+
+        def handle(self, event: object, **kwargs: object) -> None:
+            if isinstance(event, events):
+                seen.append((type(event).__name__, cap.in_use_here()))
+                then()
+
+    return HostLog()
 
 
 def _user(text: str) -> object:
@@ -520,7 +526,6 @@ def test_a_request_through_httpx_takes_its_slot_as_it_goes_out_once_its_class_is
     their bytes go out and give it back once the answer is read: building a request holds no slot."""
     pytest.importorskip("llama_index.llms.openai_like")
     from llama_index.core.instrumentation import get_dispatcher
-    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
     from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMChatStartEvent
     from llama_index.llms.openai_like import OpenAILike
 
@@ -530,24 +535,13 @@ def test_a_request_through_httpx_takes_its_slot_as_it_goes_out_once_its_class_is
     cap = SharedInFlightCap(tmp_path / "cap", 1, poll=0.002)
     seen: list[tuple[str, int]] = []
     started = threading.Event()
-
-    class HostLog(BaseEventHandler):  # after the gate's start handler: sees what it left held
-        @classmethod
-        def class_name(cls) -> str:
-            return "HostLog"
-
-        def handle(self, event: object, **kwargs: object) -> None:
-            if isinstance(event, (LLMChatStartEvent, LLMChatEndEvent)):
-                seen.append((type(event).__name__, cap.in_use_here()))
-                started.set()
-
     def llm(port: int | None = None) -> OpenAILike:
         base = server.url if port is None else f"http://127.0.0.1:{port}"
         return OpenAILike(model="simulated", api_base=base + "/v1", api_key="x", is_chat_model=True, max_retries=0)
 
     gate_llm_requests(cap=cap)
-    host = HostLog()
-    get_dispatcher().add_event_handler(host)
+    host = _host_log(cap, (LLMChatStartEvent, LLMChatEndEvent), seen, then=started.set)
+    get_dispatcher().add_event_handler(host)  # after the gate's start handler: sees what it left held
     try:
         llm().chat([_user("first of its class")])
         assert seen == [("LLMChatStartEvent", 1), ("LLMChatEndEvent", 0)]  # held from the start event
