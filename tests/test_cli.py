@@ -150,4 +150,6 @@ def test_the_lenient_compare_forgives_recorded_call_times_and_nothing_else() -> 
 
     timed = '{"metadata": {"duration": %d, "duration_total": %d, "duration_average": %d, "duration_max": %d}}'
     assert normalize(timed % (1, 3, 1, 1)) == normalize(timed % (2, 7, 2, 5))  # a retried call took longer
+    chained = '{"metadata": {"duration1": %d, "duration2": %d}}'  # QuestionsAndAnswers: two requests, ceil'd seconds
+    assert normalize(chained % (1, 1)) == normalize(chained % (1, 2))  # the second one waited in a queue
     assert normalize('{"days_max": 3}') != normalize('{"days_max": 4}')  # content stays content
