@@ -334,7 +334,8 @@ def end_of_request() -> None:
 
 class _HttpxRoutes:
     """LLM classes seen sending their request through ``httpx.Client.send`` in the thread that
-    announced it, for every process of a run: ``<cap file>.httpx``, one class name a line."""
+    announced it, for every process of a run: ``<cap file>.httpx``, one class name a line (two
+    processes that learn a class at the same moment may both write it; it is read as a set)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
