@@ -360,7 +360,7 @@ class _HttpxRoutes:
             os.close(fd)
 
 
-_httpx_send: list[Callable[..., Any]] = []  # httpx.Client.send as it was before ours wrapped it
+_httpx_wrapped = False
 _httpx_lock = threading.Lock()
 
 
@@ -371,11 +371,12 @@ def _take_slots_as_requests_go_out() -> None:
         import httpx
     except ImportError:  # pragma: no cover - llama-index depends on httpx
         return
+    global _httpx_wrapped
     with _httpx_lock:
-        if _httpx_send:
+        if _httpx_wrapped:
             return
+        _httpx_wrapped = True
         send = httpx.Client.send
-        _httpx_send.append(send)
 
     def send_when_a_slot_is_free(client: Any, request: Any, **kwargs: Any) -> Any:
         learning = getattr(_this_thread, "learning", None)
